@@ -1,0 +1,206 @@
+//! Start-up and shutdown: bind the listeners, serve, follow the upstream, drain.
+//!
+//! Binding is separate from running so that a caller (main, or a test) owns the sockets
+//! and learns their addresses before anything is served.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::mpsc,
+};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+use tracing::{info, warn};
+
+use crate::{
+    api::{ApiLimits, ConfigApi, ConfigServiceServer, proto},
+    config::{Settings, SourceUri},
+    source::file::{FileSource, FileSourceSettings},
+    store::{Store, StoreLimits},
+    sync::{self, Upstream},
+};
+
+/// HTTP/2 pings on idle connections, so that a dead peer or a silently dropped
+/// connection is noticed. Clients may ping us as often as every 10 s.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    BindTcp {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on unix socket {path}: {source}")]
+    BindUnix {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unix socket {0} is in use by a running process")]
+    SocketInUse(PathBuf),
+    #[error("cannot open source {uri}: {source}")]
+    Source {
+        uri: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// The sockets the local API is served on.
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &Settings) -> Result<Listeners, AppError> {
+        let tcp = match settings.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::BindTcp { addr, source })?),
+            None => None,
+        };
+        let unix = match &settings.socket {
+            Some(path) => Some((bind_unix(path).await?, path.clone())),
+            None => None,
+        };
+        Ok(Listeners { tcp, unix })
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+}
+
+/// Binds a unix socket with mode 0660, replacing a stale socket file left by a process
+/// that died, but never one that a live process still answers on.
+async fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {
+    let bind_error = |source| AppError::BindUnix { path: path.to_owned(), source };
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(AppError::SocketInUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(bind_error)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_error)?;
+    Ok(listener)
+}
+
+/// Serves until `shutdown` resolves, then drains for at most `settings.drain_grace`.
+pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let drain = CancellationToken::new();
+    let (store, publisher) =
+        Store::new(StoreLimits { history: settings.history, watch_backlog: settings.watch_backlog });
+    let upstream = Arc::new(Upstream::new(settings.source.kind(), settings.source.to_string()));
+
+    let source = match &settings.source {
+        SourceUri::File(root) => FileSource::new(FileSourceSettings {
+            root: root.clone(),
+            debounce: settings.debounce,
+            rescan_interval: settings.rescan_interval,
+            max_document_bytes: settings.max_document_bytes,
+        })
+        .map_err(|source| AppError::Source { uri: settings.source.to_string(), source })?,
+    };
+    let (events_tx, events_rx) = mpsc::channel(16);
+    let source_task = tokio::spawn(source.run(events_tx, drain.clone()));
+    let sync_task = tokio::spawn(sync::run(events_rx, publisher, upstream.clone(), drain.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<ConfigServiceServer<ConfigApi>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let ready = {
+        let (store, health, drain) = (store.clone(), health.clone(), drain.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = drain.cancelled() => {}
+                _ = store.wait_ready() => {
+                    health.set_serving::<ConfigServiceServer<ConfigApi>>().await;
+                    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                    info!(revision = store.snapshot().revision, "ready");
+                }
+            }
+        })
+    };
+
+    let api = Arc::new(ConfigApi::new(
+        store,
+        upstream,
+        ApiLimits {
+            max_keys_per_request: settings.max_keys_per_request,
+            progress_interval: settings.progress_interval,
+        },
+        settings.labels.clone(),
+        drain.clone(),
+    ));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(ConfigServiceServer::from_arc(api))
+        .add_service(health_service)
+        .add_service(reflection);
+
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = listeners.tcp {
+        info!(addr = ?listener.local_addr().ok(), "serving the local API on TCP");
+        // tonic's own nodelay setting does not reach a listener bound outside it.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (router, drain) = (router.clone(), drain.clone());
+        servers.spawn(async move { router.serve_with_incoming_shutdown(incoming, drain.cancelled_owned()).await });
+    }
+    let socket_path = listeners.unix.as_ref().map(|(_, path)| path.clone());
+    if let Some((listener, path)) = listeners.unix {
+        info!(path = %path.display(), "serving the local API on a unix socket");
+        let incoming = UnixListenerStream::new(listener);
+        let drain = drain.clone();
+        servers.spawn(async move { router.serve_with_incoming_shutdown(incoming, drain.cancelled_owned()).await });
+    }
+
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        Some(result) = servers.join_next() => Some(result),
+    };
+    info!("shutting down");
+    health.set_not_serving::<ConfigServiceServer<ConfigApi>>().await;
+    drain.cancel();
+    let drained = tokio::time::timeout(settings.drain_grace, async {
+        while servers.join_next().await.is_some() {}
+        let _ = tokio::join!(source_task, sync_task, ready);
+    })
+    .await;
+    if drained.is_err() {
+        warn!(grace = ?settings.drain_grace, "connections still open after the grace period; closing them");
+        servers.abort_all();
+    }
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    match failed {
+        Some(Ok(Err(error))) => Err(AppError::Serve(error)),
+        Some(Err(join_error)) => {
+            warn!(%join_error, "server task ended abnormally");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,245 @@
+//! The command line: `serve`, and the client commands that talk to a running sidecar.
+
+use std::{io::Write, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_stream::StreamExt;
+
+use crate::{
+    api::{proto, proto::watch_response::Kind, wire::from_proto_value},
+    client,
+    config::{LogFormat, RawSettings, parse_label},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "veltrix-sidecar",
+    version,
+    about = "Config sidecar for game servers: resolved configuration over localhost gRPC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the configuration to local engine processes.
+    Serve(Box<ServeArgs>),
+    /// Print one module's value as JSON.
+    Get { key: String },
+    /// List keys (under PREFIX) with the revision at which each last changed.
+    List { prefix: Option<String> },
+    /// Print changes as they are accepted. Arguments ending in '/' are prefixes, others
+    /// keys; none follows everything.
+    Watch {
+        targets: Vec<String>,
+        /// Resume after this revision instead of starting with the current state.
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
+    },
+    /// Print upstream health, revision and rejected modules.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The sidecar the client commands talk to: HOST:PORT or unix:PATH.
+    #[arg(long, global = true, env = "VELTRIX_ADDR", default_value = crate::config::DEFAULT_LISTEN)]
+    pub addr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML settings file; flags and VELTRIX_* variables override it.
+    #[arg(long, env = "VELTRIX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Upstream source of truth: file://DIR (a plain path means a directory).
+    /// [default: deploy/examples/config]
+    #[arg(long, env = "VELTRIX_SOURCE")]
+    pub source: Option<String>,
+    /// Loopback TCP address of the local API, or "none". [default: 127.0.0.1:7070]
+    #[arg(long, env = "VELTRIX_LISTEN")]
+    pub listen: Option<String>,
+    /// Unix socket of the local API (mode 0660), or "none".
+    /// [default: $XDG_RUNTIME_DIR or /tmp, /veltrix-sidecar.sock]
+    #[arg(long, env = "VELTRIX_SOCKET")]
+    pub socket: Option<String>,
+    /// Directory for the sidecar's state; created if missing.
+    #[arg(long, env = "VELTRIX_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// This instance's labels, KEY=VALUE; repeatable, or comma-separated in VELTRIX_LABELS.
+    #[arg(long = "label", env = "VELTRIX_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Log as human-readable lines or as JSON objects. [default: human]
+    #[arg(long, env = "VELTRIX_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Keys in one BatchGet, keys plus prefixes in one Watch. [default: 1000]
+    #[arg(long, env = "VELTRIX_MAX_KEYS_PER_REQUEST")]
+    pub max_keys_per_request: Option<usize>,
+    /// Change-sets kept for Watch resumes. [default: 1000]
+    #[arg(long, env = "VELTRIX_HISTORY")]
+    pub history: Option<usize>,
+    /// Events a Watch stream may fall behind before it gets a RESYNC. [default: 256]
+    #[arg(long, env = "VELTRIX_WATCH_BACKLOG")]
+    pub watch_backlog: Option<usize>,
+    /// Heartbeat on idle Watch streams. [default: 10s]
+    #[arg(long, env = "VELTRIX_PROGRESS_INTERVAL")]
+    pub progress_interval: Option<String>,
+    /// Quiet time after file changes before they are read. [default: 50ms]
+    #[arg(long, env = "VELTRIX_DEBOUNCE")]
+    pub debounce: Option<String>,
+    /// Full rescan of the config directory, in case notifications were lost. [default: 30s]
+    #[arg(long, env = "VELTRIX_RESCAN_INTERVAL")]
+    pub rescan_interval: Option<String>,
+    /// Larger documents are rejected. [default: 16777216]
+    #[arg(long, env = "VELTRIX_MAX_DOCUMENT_BYTES")]
+    pub max_document_bytes: Option<u64>,
+    /// How long shutdown waits for open requests and streams. [default: 5s]
+    #[arg(long, env = "VELTRIX_DRAIN_GRACE")]
+    pub drain_grace: Option<String>,
+}
+
+impl ServeArgs {
+    /// Flags and environment over the settings file.
+    pub fn raw_settings(&self) -> anyhow::Result<RawSettings> {
+        let file = match &self.config {
+            Some(path) => RawSettings::from_file(path)?,
+            None => RawSettings::default(),
+        };
+        let labels = if self.labels.is_empty() {
+            None
+        } else {
+            Some(self.labels.iter().map(|label| parse_label(label)).collect::<Result<_, _>>()?)
+        };
+        let flags = RawSettings {
+            source: self.source.clone(),
+            listen: self.listen.clone(),
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            labels,
+            log_format: self.log_format,
+            max_keys_per_request: self.max_keys_per_request,
+            history: self.history,
+            watch_backlog: self.watch_backlog,
+            progress_interval: self.progress_interval.clone(),
+            debounce: self.debounce.clone(),
+            rescan_interval: self.rescan_interval.clone(),
+            max_document_bytes: self.max_document_bytes,
+            drain_grace: self.drain_grace.clone(),
+        };
+        Ok(flags.over(file))
+    }
+}
+
+pub async fn get(key: &str, client: &ClientArgs) -> anyhow::Result<()> {
+    let mut api = client::connect(&client.addr).await?;
+    let response = api
+        .get(proto::GetRequest { key: key.to_owned(), format: proto::ValueFormat::Json.into() })
+        .await
+        .with_context(|| format!("get {key}"))?
+        .into_inner();
+    let entry = response.entry.context("response without an entry")?;
+    let value: serde_json::Value = serde_json::from_slice(&entry.json).context("value is not JSON")?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+pub async fn list(prefix: Option<&str>, client: &ClientArgs) -> anyhow::Result<()> {
+    let mut api = client::connect(&client.addr).await?;
+    let response = api
+        .list(proto::ListRequest { prefix: prefix.unwrap_or_default().to_owned() })
+        .await
+        .context("list")?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    for listed in response.keys {
+        writeln!(out, "{}\t{}", listed.key, listed.mod_revision)?;
+    }
+    Ok(())
+}
+
+pub async fn watch(targets: &[String], from_revision: u64, client: &ClientArgs) -> anyhow::Result<()> {
+    let (prefixes, keys): (Vec<String>, Vec<String>) = targets.iter().cloned().partition(|t| t.ends_with('/'));
+    let mut api = client::connect(&client.addr).await?;
+    let mut stream = api
+        .watch(proto::WatchRequest {
+            keys,
+            prefixes,
+            start_revision: from_revision,
+            format: proto::ValueFormat::Json.into(),
+        })
+        .await
+        .context("watch")?
+        .into_inner();
+    while let Some(message) = stream.next().await {
+        let message = message.context("watch stream")?;
+        let mut out = std::io::stdout().lock();
+        let revision = message.revision;
+        match message.kind() {
+            Kind::Progress | Kind::Unspecified => continue,
+            Kind::Snapshot => writeln!(out, "[{revision}] snapshot: {} keys", message.entries.len())?,
+            Kind::Resync => writeln!(out, "[{revision}] resync: {} keys", message.entries.len())?,
+            Kind::Change => {}
+            Kind::Rejected => {
+                for rejection in &message.rejections {
+                    let line = if rejection.line > 0 { format!(":{}", rejection.line) } else { String::new() };
+                    writeln!(
+                        out,
+                        "[{revision}] rejected {}: {}{line}: {}",
+                        rejection.key, rejection.origin, rejection.reason
+                    )?;
+                }
+            }
+        }
+        for entry in &message.entries {
+            let value = if entry.value.is_some() {
+                entry.value.as_ref().map(from_proto_value).unwrap_or_default().to_string()
+            } else {
+                String::from_utf8_lossy(&entry.json).into_owned()
+            };
+            writeln!(out, "[{revision}] put {} {value}", entry.key)?;
+        }
+        for key in &message.deleted {
+            writeln!(out, "[{revision}] delete {key}")?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+pub async fn status(client: &ClientArgs) -> anyhow::Result<()> {
+    let mut api = client::connect(&client.addr).await?;
+    let status = api.status(proto::StatusRequest {}).await.context("status")?.into_inner();
+    let health =
+        if status.upstream_healthy { "healthy".to_owned() } else { format!("unhealthy: {}", status.upstream_error) };
+    println!("upstream:  {} ({})", status.upstream, health);
+    if let Some(last_sync) = status.last_sync {
+        println!("last sync: {last_sync}");
+    }
+    println!("revision:  {}", status.revision);
+    println!("keys:      {}", status.keys);
+    println!("watchers:  {} ({} collapsed to resync)", status.watchers, status.lagged_resyncs);
+    if !status.labels.is_empty() {
+        let mut labels: Vec<String> = status.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        println!("labels:    {}", labels.join(","));
+    }
+    if status.serving_from_last_known_good {
+        println!("serving from last-known-good state");
+    }
+    if status.rejections.is_empty() {
+        println!("rejected:  none");
+    } else {
+        println!("rejected:");
+        for rejection in status.rejections {
+            let line = if rejection.line > 0 { format!(":{}", rejection.line) } else { String::new() };
+            let kept = if rejection.serving_previous { " (previous value still served)" } else { "" };
+            println!("  {}: {}{line}: {}{kept}", rejection.key, rejection.origin, rejection.reason);
+        }
+    }
+    Ok(())
+}

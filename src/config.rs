@@ -1,0 +1,276 @@
+//! The sidecar's own settings: plain data, defaults in one place, validated before any
+//! port is bound. Flags and `VELTRIX_*` variables win over the settings file, which wins
+//! over the defaults.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: SourceUri,
+    /// `None` when the TCP listener is turned off.
+    pub listen: Option<SocketAddr>,
+    /// `None` when the unix socket is turned off.
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub labels: BTreeMap<String, String>,
+    pub log_format: LogFormat,
+    pub max_keys_per_request: usize,
+    /// Change-sets kept for Watch resumes.
+    pub history: usize,
+    /// Events a Watch stream may fall behind before it is collapsed into a RESYNC.
+    pub watch_backlog: usize,
+    pub progress_interval: Duration,
+    pub debounce: Duration,
+    pub rescan_interval: Duration,
+    pub max_document_bytes: u64,
+    /// How long shutdown waits for open requests and streams.
+    pub drain_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceUri {
+    File(PathBuf),
+}
+
+impl SourceUri {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceUri::File(_) => "file",
+        }
+    }
+}
+
+impl std::fmt::Display for SourceUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceUri::File(dir) => write!(f, "file://{}", dir.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+pub const DEFAULT_SOURCE: &str = "deploy/examples/config";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// The default unix socket: in the user's runtime directory when there is one.
+pub fn default_socket() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+        .join("veltrix-sidecar.sock")
+}
+
+/// Settings as given, before defaults and validation: every field may be missing. The
+/// same shape is read from flags and from the settings file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    pub source: Option<String>,
+    pub listen: Option<String>,
+    pub socket: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub log_format: Option<LogFormat>,
+    pub max_keys_per_request: Option<usize>,
+    pub history: Option<usize>,
+    pub watch_backlog: Option<usize>,
+    pub progress_interval: Option<String>,
+    pub debounce: Option<String>,
+    pub rescan_interval: Option<String>,
+    pub max_document_bytes: Option<u64>,
+    pub drain_grace: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("settings file {path}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    ParseFile { path: PathBuf, line: Option<u32>, reason: String },
+    #[error("{setting}: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid { setting, reason: reason.into() }
+}
+
+impl RawSettings {
+    pub fn from_file(path: &Path) -> Result<RawSettings, SettingsError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SettingsError::ReadFile { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|error| SettingsError::ParseFile {
+            path: path.to_owned(),
+            line: error.span().map(|span| crate::resolve::line_of_offset(text.as_bytes(), span.start)),
+            reason: error.message().to_owned(),
+        })
+    }
+
+    /// Fields set in `self` win over those in `base`.
+    pub fn over(self, base: RawSettings) -> RawSettings {
+        RawSettings {
+            source: self.source.or(base.source),
+            listen: self.listen.or(base.listen),
+            socket: self.socket.or(base.socket),
+            state_dir: self.state_dir.or(base.state_dir),
+            labels: self.labels.or(base.labels),
+            log_format: self.log_format.or(base.log_format),
+            max_keys_per_request: self.max_keys_per_request.or(base.max_keys_per_request),
+            history: self.history.or(base.history),
+            watch_backlog: self.watch_backlog.or(base.watch_backlog),
+            progress_interval: self.progress_interval.or(base.progress_interval),
+            debounce: self.debounce.or(base.debounce),
+            rescan_interval: self.rescan_interval.or(base.rescan_interval),
+            max_document_bytes: self.max_document_bytes.or(base.max_document_bytes),
+            drain_grace: self.drain_grace.or(base.drain_grace),
+        }
+    }
+
+    /// Applies defaults and checks every setting.
+    pub fn validate(self) -> Result<Settings, SettingsError> {
+        let source = parse_source(self.source.as_deref().unwrap_or(DEFAULT_SOURCE))?;
+        let listen = match self.listen.as_deref().unwrap_or(DEFAULT_LISTEN) {
+            "" | "none" => None,
+            text => Some(parse_loopback(text)?),
+        };
+        let socket = match self.socket.as_deref() {
+            None => Some(default_socket()),
+            Some("" | "none") => None,
+            Some(path) => Some(PathBuf::from(path)),
+        };
+        if let Some(parent) = socket.as_deref().and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(invalid("socket", format!("directory {} does not exist", parent.display())));
+            }
+        }
+        if listen.is_none() && socket.is_none() {
+            return Err(invalid("listen", "both the TCP listener and the unix socket are turned off"));
+        }
+        if let Some(dir) = &self.state_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|error| invalid("state-dir", format!("cannot create {}: {error}", dir.display())))?;
+        }
+        let labels = self.labels.unwrap_or_default();
+        for (name, value) in &labels {
+            check_label(name, value)?;
+        }
+        let settings = Settings {
+            source,
+            listen,
+            socket,
+            state_dir: self.state_dir,
+            labels,
+            log_format: self.log_format.unwrap_or(LogFormat::Human),
+            max_keys_per_request: positive("max-keys-per-request", self.max_keys_per_request.unwrap_or(1000))?,
+            history: positive("history", self.history.unwrap_or(1000))?,
+            watch_backlog: positive("watch-backlog", self.watch_backlog.unwrap_or(256))?,
+            progress_interval: duration("progress-interval", self.progress_interval.as_deref().unwrap_or("10s"))?,
+            debounce: duration("debounce", self.debounce.as_deref().unwrap_or("50ms"))?,
+            rescan_interval: duration("rescan-interval", self.rescan_interval.as_deref().unwrap_or("30s"))?,
+            max_document_bytes: positive("max-document-bytes", self.max_document_bytes.unwrap_or(16 << 20))?,
+            drain_grace: duration("drain-grace", self.drain_grace.as_deref().unwrap_or("5s"))?,
+        };
+        Ok(settings)
+    }
+}
+
+fn parse_source(text: &str) -> Result<SourceUri, SettingsError> {
+    let (scheme, rest) = text.split_once("://").unwrap_or(("file", text));
+    match scheme {
+        "file" => {
+            let dir = PathBuf::from(rest);
+            if !dir.is_dir() {
+                let hint = if text == DEFAULT_SOURCE {
+                    " (the default is the example config in the repository: run from its top directory or pass --source file://DIR)"
+                } else {
+                    ""
+                };
+                return Err(invalid("source", format!("{} is not a directory{hint}", dir.display())));
+            }
+            Ok(SourceUri::File(dir))
+        }
+        other => Err(invalid("source", format!("unsupported scheme {other:?} in {text:?}; supported: file://DIR"))),
+    }
+}
+
+/// The local API is for processes on this host only: it refuses other addresses.
+fn parse_loopback(text: &str) -> Result<SocketAddr, SettingsError> {
+    let addr: SocketAddr =
+        text.parse().map_err(|_| invalid("listen", format!("{text:?} is not an IP:PORT address")))?;
+    if !addr.ip().is_loopback() {
+        return Err(invalid(
+            "listen",
+            format!(
+                "{addr} is not a loopback address; the local API listens on 127.0.0.1, [::1] or a unix socket only"
+            ),
+        ));
+    }
+    Ok(addr)
+}
+
+/// Parses `KEY=VALUE` as given to `--label`.
+pub fn parse_label(text: &str) -> Result<(String, String), SettingsError> {
+    let (name, value) = text.split_once('=').ok_or_else(|| invalid("label", format!("{text:?} is not KEY=VALUE")))?;
+    check_label(name, value)?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// Parses `VELTRIX_LABELS`: `KEY=VALUE[,KEY=VALUE...]`.
+pub fn parse_label_list(text: &str) -> Result<BTreeMap<String, String>, SettingsError> {
+    text.split(',').filter(|part| !part.trim().is_empty()).map(|part| parse_label(part.trim())).collect()
+}
+
+fn check_label(name: &str, value: &str) -> Result<(), SettingsError> {
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok(name) || !ok(value) {
+        return Err(invalid(
+            "label",
+            format!("{name}={value}: names and values are non-empty and use A-Z a-z 0-9 _ . - only"),
+        ));
+    }
+    Ok(())
+}
+
+fn positive<T: PartialOrd + Default + std::fmt::Display>(setting: &'static str, n: T) -> Result<T, SettingsError> {
+    if n > T::default() { Ok(n) } else { Err(invalid(setting, format!("must be greater than 0, got {n}"))) }
+}
+
+/// `250ms`, `10s`, `2m`.
+pub fn duration(setting: &'static str, text: &str) -> Result<Duration, SettingsError> {
+    let bad = || invalid(setting, format!("{text:?} is not a duration such as 250ms, 10s or 2m"));
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad()),
+    };
+    if duration.is_zero() {
+        return Err(invalid(setting, "must be greater than 0"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! parse args → telemetry → settings (exit 64 when bad) → bind → serve until a signal.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use veltrix_sidecar::{
+    app::{self, Listeners},
+    cli::{self, Cli, Command, ServeArgs},
+    config::LogFormat,
+    telemetry,
+};
+
+/// EX_USAGE from sysexits.h: the command line or a setting was wrong.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => return serve(&args).await,
+            Command::Get { key } => cli::get(&key, &cli.client).await,
+            Command::List { prefix } => cli::list(prefix.as_deref(), &cli.client).await,
+            Command::Watch { targets, from_revision } => cli::watch(&targets, from_revision, &cli.client).await,
+            Command::Status => cli::status(&cli.client).await,
+        }
+        .map(|()| ExitCode::SUCCESS)
+        .or_else(|error| {
+            eprintln!("error: {error:#}");
+            Ok(ExitCode::FAILURE)
+        })
+    });
+    result.unwrap_or_else(|error: anyhow::Error| {
+        eprintln!("error: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = match args.raw_settings().and_then(|raw| {
+        telemetry::init(raw.log_format.unwrap_or(LogFormat::Human));
+        Ok(raw.validate()?)
+    }) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: invalid settings: {error:#}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let listeners = Listeners::bind(&settings).await?;
+    app::run(settings, listeners, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (Kubernetes, systemd) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can still be killed; serve regardless.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
