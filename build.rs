@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             .route_name(route)
             .input_type(format!("crate::api::proto::{input}"))
             .output_type(output)
-            .codec_path("tonic_prost::ProstCodec")
+            .codec_path("crate::api::wire::RequestCodec")
     };
     let service = tonic_build::manual::Service::builder()
         .name("ConfigService")

@@ -4,6 +4,7 @@
 //! and learns their addresses before anything is served.
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     io,
     net::SocketAddr,
@@ -13,13 +14,18 @@ use std::{
     time::Duration,
 };
 
+use tokio::task::JoinSet;
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::mpsc,
 };
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{
+    Server,
+    server::{Router, TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
@@ -34,6 +40,9 @@ use crate::{
 /// connection is noticed. Clients may ping us as often as every 10 s.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name health checks use for the config service.
+pub const CONFIG_SERVICE_NAME: &str = "veltrix.config.v1.ConfigService";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -102,6 +111,72 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {
     Ok(listener)
 }
 
+/// The local API's gRPC services: config, health and reflection. Health says NOT_SERVING
+/// until the store has a snapshot, and again once `drain` fires.
+pub async fn local_api(
+    store: Arc<Store>,
+    upstream: Arc<Upstream>,
+    limits: ApiLimits,
+    labels: BTreeMap<String, String>,
+    drain: CancellationToken,
+) -> Result<(Router, HealthReporter), AppError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+    {
+        let (store, health, drain) = (store.clone(), health.clone(), drain.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = drain.cancelled() => {}
+                _ = store.wait_ready() => {
+                    set_health(&health, ServingStatus::Serving).await;
+                    info!(revision = store.snapshot().revision, "ready");
+                }
+            }
+        });
+    }
+    let api = ConfigApi::new(store, upstream, limits, labels, drain);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(ConfigServiceServer::new(api))
+        .add_service(health_service)
+        .add_service(reflection);
+    Ok((router, health))
+}
+
+/// Both the whole server ("") and the config service, so that probes may ask for either.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(CONFIG_SERVICE_NAME, status).await;
+}
+
+/// Serves `router` on every listener until `drain` fires.
+pub fn serve(
+    router: Router,
+    listeners: Listeners,
+    drain: &CancellationToken,
+) -> JoinSet<Result<(), tonic::transport::Error>> {
+    let mut servers = JoinSet::new();
+    if let Some(listener) = listeners.tcp {
+        info!(addr = ?listener.local_addr().ok(), "serving the local API on TCP");
+        // tonic's own nodelay setting does not reach a listener bound outside it.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (router, drain) = (router.clone(), drain.clone());
+        servers.spawn(async move { router.serve_with_incoming_shutdown(incoming, drain.cancelled_owned()).await });
+    }
+    if let Some((listener, path)) = listeners.unix {
+        info!(path = %path.display(), "serving the local API on a unix socket");
+        let incoming = UnixListenerStream::new(listener);
+        let drain = drain.clone();
+        servers.spawn(async move { router.serve_with_incoming_shutdown(incoming, drain.cancelled_owned()).await });
+    }
+    servers
+}
+
 /// Serves until `shutdown` resolves, then drains for at most `settings.drain_grace`.
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let drain = CancellationToken::new();
@@ -122,70 +197,24 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future
     let source_task = tokio::spawn(source.run(events_tx, drain.clone()));
     let sync_task = tokio::spawn(sync::run(events_rx, publisher, upstream.clone(), drain.clone()));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_not_serving::<ConfigServiceServer<ConfigApi>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    let ready = {
-        let (store, health, drain) = (store.clone(), health.clone(), drain.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = drain.cancelled() => {}
-                _ = store.wait_ready() => {
-                    health.set_serving::<ConfigServiceServer<ConfigApi>>().await;
-                    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-                    info!(revision = store.snapshot().revision, "ready");
-                }
-            }
-        })
+    let limits = ApiLimits {
+        max_keys_per_request: settings.max_keys_per_request,
+        progress_interval: settings.progress_interval,
     };
-
-    let api = Arc::new(ConfigApi::new(
-        store,
-        upstream,
-        ApiLimits {
-            max_keys_per_request: settings.max_keys_per_request,
-            progress_interval: settings.progress_interval,
-        },
-        settings.labels.clone(),
-        drain.clone(),
-    ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let router = Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(ConfigServiceServer::from_arc(api))
-        .add_service(health_service)
-        .add_service(reflection);
-
-    let mut servers = tokio::task::JoinSet::new();
-    if let Some(listener) = listeners.tcp {
-        info!(addr = ?listener.local_addr().ok(), "serving the local API on TCP");
-        // tonic's own nodelay setting does not reach a listener bound outside it.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let (router, drain) = (router.clone(), drain.clone());
-        servers.spawn(async move { router.serve_with_incoming_shutdown(incoming, drain.cancelled_owned()).await });
-    }
+    let (router, health) = local_api(store, upstream, limits, settings.labels.clone(), drain.clone()).await?;
     let socket_path = listeners.unix.as_ref().map(|(_, path)| path.clone());
-    if let Some((listener, path)) = listeners.unix {
-        info!(path = %path.display(), "serving the local API on a unix socket");
-        let incoming = UnixListenerStream::new(listener);
-        let drain = drain.clone();
-        servers.spawn(async move { router.serve_with_incoming_shutdown(incoming, drain.cancelled_owned()).await });
-    }
+    let mut servers = serve(router, listeners, &drain);
 
     let failed = tokio::select! {
         _ = shutdown => None,
         Some(result) = servers.join_next() => Some(result),
     };
     info!("shutting down");
-    health.set_not_serving::<ConfigServiceServer<ConfigApi>>().await;
+    set_health(&health, ServingStatus::NotServing).await;
     drain.cancel();
     let drained = tokio::time::timeout(settings.drain_grace, async {
         while servers.join_next().await.is_some() {}
-        let _ = tokio::join!(source_task, sync_task, ready);
+        let _ = tokio::join!(source_task, sync_task);
     })
     .await;
     if drained.is_err() {

@@ -4,9 +4,16 @@
 //! `GetReply { entry: bytes }` is read by every client as `GetResponse { entry: Entry }`.
 //! Serving a Get is then a reference-count bump and one copy into the output buffer.
 
+use std::marker::PhantomData;
+
 use bytes::Bytes;
 use prost::Message;
 use serde_json::Value;
+use tonic::{
+    Status,
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder},
+};
+use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use super::proto;
 use crate::model::{Key, Revision};
@@ -86,5 +93,54 @@ pub fn from_proto_value(value: &prost_types::Value) -> Value {
         Some(Kind::StructValue(fields)) => {
             Value::Object(fields.fields.iter().map(|(name, field)| (name.clone(), from_proto_value(field))).collect())
         }
+    }
+}
+
+/// Protobuf, except that a request that does not decode is the client's fault:
+/// InvalidArgument with prost's reason (for example a key that is not UTF-8), where
+/// tonic's own codec answers Internal.
+#[derive(Debug, Clone)]
+pub struct RequestCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for RequestCodec<T, U> {
+    fn default() -> Self {
+        RequestCodec(PhantomData)
+    }
+}
+
+impl<T, U> Codec for RequestCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = RequestDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder(ProstDecoder::new(BufferSettings::default()))
+    }
+}
+
+#[derive(Debug)]
+pub struct RequestDecoder<U>(ProstDecoder<U>);
+
+impl<U: Message + Default> Decoder for RequestDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0
+            .decode(buf)
+            .map_err(|status| Status::invalid_argument(format!("malformed request: {}", status.message())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }

@@ -1,0 +1,218 @@
+//! Starting sidecars for tests and waiting on what they do, with deadlines.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Streaming, transport::Channel};
+use veltrix_sidecar::{
+    api::{
+        ApiLimits,
+        proto::{self, config_service_client::ConfigServiceClient, watch_response::Kind},
+    },
+    app::{self, Listeners},
+    client,
+    config::RawSettings,
+    store::{Publisher, Store, StoreLimits},
+    sync::Upstream,
+};
+
+pub type Client = ConfigServiceClient<Channel>;
+
+/// Generous: CI machines are slow and noisy; a pass never waits this long.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A sidecar serving a temp config directory, as `serve` runs it.
+pub struct Sidecar {
+    pub dir: TempDir,
+    pub addr: String,
+    pub socket: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), app::AppError>>>,
+    /// Holds the socket's directory for as long as the sidecar runs.
+    _socket_dir: TempDir,
+}
+
+impl Sidecar {
+    /// Writes `files` (relative path → text) and starts serving them.
+    pub async fn start(files: &[(&str, &str)]) -> Sidecar {
+        Sidecar::start_with(files, RawSettings::default()).await
+    }
+
+    pub async fn start_with(files: &[(&str, &str)], extra: RawSettings) -> Sidecar {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            write(dir.path(), name, text);
+        }
+        let socket_dir = tempfile::tempdir().expect("temp dir");
+        let socket = socket_dir.path().join("sidecar.sock");
+        let raw = RawSettings {
+            source: Some(dir.path().display().to_string()),
+            listen: Some("127.0.0.1:0".into()),
+            socket: Some(socket.display().to_string()),
+            debounce: Some("20ms".into()),
+            ..Default::default()
+        };
+        let settings = extra.over(raw).validate().expect("test settings are valid");
+        let listeners = Listeners::bind(&settings).await.expect("bind");
+        let addr = listeners.tcp_addr().expect("tcp listener").to_string();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app::run(settings, listeners, async {
+            let _ = stopped.await;
+        }));
+        let sidecar =
+            Sidecar { dir, addr, socket, shutdown: Some(shutdown), task: Some(task), _socket_dir: socket_dir };
+        let mut client = sidecar.client().await;
+        within("the first snapshot", async {
+            while client.status(proto::StatusRequest {}).await.map(|s| s.into_inner().revision).unwrap_or(0) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        sidecar
+    }
+
+    pub async fn client(&self) -> Client {
+        client::connect(&self.addr).await.expect("connect over TCP")
+    }
+
+    pub async fn unix_client(&self) -> Client {
+        client::connect(&format!("unix:{}", self.socket.display())).await.expect("connect over the unix socket")
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        write(self.dir.path(), name, text);
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Stops the sidecar as SIGTERM would, and waits for it to finish draining.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within("the sidecar to drain", task).await.expect("no panic").expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Writes via a temp file and a rename, as editors and config deploys do, so that a
+/// reader never sees a half-written file.
+pub fn write(dir: &Path, name: &str, text: &str) {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create dirs");
+    }
+    let temp = dir.join(format!(".{}.tmp", name.replace('/', "_")));
+    std::fs::write(&temp, text).expect("write temp file");
+    std::fs::rename(&temp, &path).expect("rename into place");
+}
+
+/// The store, published to by the test itself, behind the same services `serve` runs.
+pub struct StoreServer {
+    pub addr: String,
+    pub publisher: Publisher,
+    pub store: Arc<Store>,
+    drain: CancellationToken,
+    /// Dropping the set would stop the servers.
+    _servers: tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
+}
+
+impl StoreServer {
+    pub async fn start(limits: StoreLimits, api: ApiLimits) -> StoreServer {
+        let (store, publisher) = Store::new(limits);
+        let upstream = Arc::new(Upstream::new("test", "test://".into()));
+        let drain = CancellationToken::new();
+        let (router, _health) =
+            app::local_api(store.clone(), upstream, api, BTreeMap::new(), drain.clone()).await.expect("services");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listeners = Listeners { tcp: Some(tcp), unix: None };
+        let addr = listeners.tcp_addr().expect("tcp").to_string();
+        let servers = app::serve(router, listeners, &drain);
+        StoreServer { addr, publisher, store, drain, _servers: servers }
+    }
+
+    pub async fn client(&self) -> Client {
+        client::connect(&self.addr).await.expect("connect")
+    }
+
+    /// Publishes one change-set; `None` deletes.
+    pub fn publish(&mut self, changes: &[(&str, Option<Value>)]) -> u64 {
+        let changes = changes
+            .iter()
+            .map(|(key, value)| {
+                (veltrix_sidecar::model::Key::new(key).expect("valid key"), value.clone().map(Arc::new))
+            })
+            .collect();
+        self.publisher.apply(changes).expect("a change")
+    }
+}
+
+impl Drop for StoreServer {
+    fn drop(&mut self) {
+        self.drain.cancel();
+    }
+}
+
+pub fn default_api_limits() -> ApiLimits {
+    ApiLimits { max_keys_per_request: 1000, progress_interval: Duration::from_secs(10) }
+}
+
+pub async fn get_json(client: &mut Client, key: &str) -> Result<(Value, u64), tonic::Status> {
+    let response = client.get(proto::GetRequest { key: key.into(), format: 0 }).await?.into_inner();
+    let entry = response.entry.expect("an entry");
+    Ok((serde_json::from_slice(&entry.json).expect("JSON"), entry.mod_revision))
+}
+
+pub async fn watch(client: &mut Client, request: proto::WatchRequest) -> Streaming<proto::WatchResponse> {
+    client.watch(request).await.expect("watch").into_inner()
+}
+
+/// The next message that is not a heartbeat.
+pub async fn next_event(stream: &mut Streaming<proto::WatchResponse>) -> proto::WatchResponse {
+    within("a watch event", async {
+        loop {
+            let message = stream.next().await.expect("stream open").expect("no error");
+            if message.kind() != Kind::Progress {
+                return message;
+            }
+        }
+    })
+    .await
+}
+
+/// Entries of a watch message as key → JSON value.
+pub fn values(message: &proto::WatchResponse) -> BTreeMap<String, Value> {
+    message
+        .entries
+        .iter()
+        .map(|entry| (entry.key.clone(), serde_json::from_slice(&entry.json).expect("JSON")))
+        .collect()
+}
