@@ -100,18 +100,25 @@ impl FileSource {
                 None
             }
         };
-        let mut first = true;
+        // The first walk, and the first after a failed one, report the whole directory:
+        // what vanished in between must not linger.
+        let mut full = true;
         loop {
-            let event = match self.rescan(first).await {
-                Ok(Some(update)) => Some(SourceEvent::Update(update)),
+            let event = match self.rescan(full).await {
+                Ok(Some(update)) => {
+                    full = false;
+                    Some(SourceEvent::Update(update))
+                }
                 Ok(None) => None,
-                Err(error) => Some(SourceEvent::Unhealthy(format!("{}: {error}", self.root.display()))),
+                Err(error) => {
+                    full = true;
+                    Some(SourceEvent::Unhealthy(format!("{}: {error}", self.root.display())))
+                }
             };
             if let Some(event) = event {
                 if events.send(event).await.is_err() {
                     return;
                 }
-                first = false;
             }
             tokio::select! {
                 _ = drain.cancelled() => return,
@@ -146,13 +153,16 @@ impl FileSource {
         }
     }
 
-    /// Walks the directory and reads what changed. `Ok(None)` when nothing did (and this
-    /// is not the first walk, which is always reported so that an empty directory is
-    /// still a state).
-    async fn rescan(&mut self, first: bool) -> io::Result<Option<Update>> {
+    /// Walks the directory and reads what changed, or with `full` every document.
+    /// `Ok(None)` when nothing changed; a full walk is always reported, so that an empty
+    /// directory is still a state.
+    async fn rescan(&mut self, full: bool) -> io::Result<Option<Update>> {
         let root = self.root.clone();
         let max = self.settings.max_document_bytes;
+        // Emptied for a full walk, and left empty if the walk fails, so that the next
+        // successful one reads everything.
         let known = std::mem::take(&mut self.known);
+        let known = if full { Known::new() } else { known };
         let (known, update) = tokio::task::spawn_blocking(move || {
             let mut found = BTreeMap::new();
             walk(&root, &root, "", &mut found)?;
@@ -161,7 +171,7 @@ impl FileSource {
         .await
         .map_err(io::Error::other)??;
         self.known = known;
-        Ok((first || !update.changes.is_empty()).then_some(Update { full: first, ..update }))
+        Ok((full || !update.changes.is_empty()).then_some(Update { full, ..update }))
     }
 }
 

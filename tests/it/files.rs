@@ -162,3 +162,43 @@ async fn new_directories_hidden_files_and_other_suffixes() {
     assert_eq!(keys, ["a", "deep/new/dir/module"]);
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn a_vanished_directory_is_an_upstream_error_and_the_last_good_config_is_served() {
+    let extra = veltrix_sidecar::config::RawSettings { rescan_interval: Some("100ms".into()), ..Default::default() };
+    let sidecar = Sidecar::start_with(&[("a.json", r#"{"a": 1}"#), ("b.json", "{}")], extra).await;
+    let root = sidecar.dir.path().to_owned();
+    let aside = root.with_extension("aside");
+    std::fs::rename(&root, &aside).expect("move the directory away");
+
+    let mut client = sidecar.client().await;
+    let down = within("the upstream to be reported down", async {
+        loop {
+            let status = status(&mut client).await;
+            if !status.upstream_healthy {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(down.upstream_error.contains("No such file or directory"), "{down:?}");
+    assert_eq!(get_json(&mut client, "a").await.expect("still served").0, json!({"a": 1}));
+    assert_eq!(down.keys, 2);
+
+    // What changed while it was gone, deletions included, is picked up when it returns.
+    std::fs::remove_file(aside.join("b.json")).expect("delete");
+    std::fs::rename(&aside, &root).expect("move it back");
+    within("the upstream to recover", async {
+        loop {
+            let status = status(&mut client).await;
+            if status.upstream_healthy && status.keys == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(get_json(&mut client, "b").await.expect_err("deleted meanwhile").code(), Code::NotFound);
+    sidecar.stop().await;
+}
