@@ -80,7 +80,7 @@ pub fn parse_document(format: Format, bytes: &[u8]) -> Result<Value, ParseError>
     Ok(value)
 }
 
-fn kind_of(value: &Value) -> &'static str {
+pub(crate) fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
