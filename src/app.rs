@@ -195,7 +195,8 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future
     };
     let (events_tx, events_rx) = mpsc::channel(16);
     let source_task = tokio::spawn(source.run(events_tx, drain.clone()));
-    let sync_task = tokio::spawn(sync::run(events_rx, publisher, upstream.clone(), drain.clone()));
+    let sync_task =
+        tokio::spawn(sync::run(events_rx, publisher, upstream.clone(), settings.labels.clone(), drain.clone()));
 
     let limits = ApiLimits {
         max_keys_per_request: settings.max_keys_per_request,

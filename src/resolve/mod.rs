@@ -21,7 +21,7 @@ mod template;
 
 pub use module::{EXTENDS, Explanation, Failure, ModuleDocs, SCHEMA, SchemaCache};
 pub use name::{Labels, ModuleName, NameError, is_label_word, parse_module_name};
-pub use parse::{Format, ParseError, document_key, line_of_offset, parse_document};
+pub use parse::{Format, ParseError, document_module, line_of_offset, parse_document};
 pub use resolver::{Modules, OnDemand, Outcome, Resolver};
 
 #[cfg(test)]

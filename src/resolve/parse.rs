@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::model::{Key, KeyError};
+use super::name::{ModuleName, NameError, parse_module_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -40,12 +40,12 @@ impl ParseError {
     }
 }
 
-/// The module key of a document name: the name without its format suffix.
-/// `None` when the name has no config suffix; an error when the rest is not a valid key.
-pub fn document_key(name: &str) -> Option<Result<Key, KeyError>> {
+/// The module a document belongs to: its name without the format suffix, which may
+/// end in overlay labels (`key@region=eu`). `None` when the name has no config suffix.
+pub fn document_module(name: &str) -> Option<Result<ModuleName, NameError>> {
     Format::from_name(name)?;
     let (stem, _) = name.rsplit_once('.')?;
-    Some(Key::new(stem))
+    Some(parse_module_name(stem))
 }
 
 /// Parses a document; its top level must be a map, so every module can be extended and

@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, watch};
 use crate::{
     api::wire,
     model::{Key, Rejection, Revision},
+    resolve::Modules,
 };
 
 /// One module's resolved value, with the response bytes encoded once when it changed.
@@ -37,7 +38,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(key: Key, value: Arc<Value>, mod_revision: Revision) -> Entry {
+    pub fn new(key: Key, value: Arc<Value>, mod_revision: Revision) -> Entry {
         let (encoded_json, encoded_proto) = wire::encode_entry(&key, &value, mod_revision);
         Entry { key, value, mod_revision, encoded_json, encoded_proto }
     }
@@ -49,6 +50,9 @@ pub struct Snapshot {
     /// 0 until the first change-set is published.
     pub revision: Revision,
     pub entries: BTreeMap<Key, Arc<Entry>>,
+    /// The accepted documents the entries were resolved from, for resolving under other
+    /// labels and for Explain.
+    pub modules: Arc<Modules>,
 }
 
 impl Snapshot {
@@ -180,10 +184,16 @@ impl Publisher {
     }
 
     /// Applies one change-set: `Some(value)` sets a key, `None` removes it. Values equal to
-    /// what is served are not changes. Returns the new revision, or `None` when nothing
-    /// changed. The first call publishes revision 1 even when it changes nothing, so that
-    /// an empty configuration is still a snapshot.
-    pub fn apply(&mut self, changes: BTreeMap<Key, Option<Arc<Value>>>) -> Option<Revision> {
+    /// what is served are not changes. `modules`, when the accepted documents changed, is
+    /// their new state; that alone makes a new revision, since values resolved under other
+    /// labels may differ. Returns the new revision, or `None` when nothing changed. The
+    /// first call publishes revision 1 even when it changes nothing, so that an empty
+    /// configuration is still a snapshot.
+    pub fn apply(
+        &mut self,
+        changes: BTreeMap<Key, Option<Arc<Value>>>,
+        modules: Option<Arc<Modules>>,
+    ) -> Option<Revision> {
         let previous = self.store.snapshot();
         let revision = previous.revision + 1;
         let mut entries = previous.entries.clone();
@@ -206,9 +216,10 @@ impl Publisher {
                 }
             }
         }
-        if upserts.is_empty() && deletes.is_empty() && previous.is_ready() {
+        if upserts.is_empty() && deletes.is_empty() && modules.is_none() && previous.is_ready() {
             return None;
         }
+        let modules = modules.unwrap_or_else(|| previous.modules.clone());
         let change = Arc::new(ChangeSet { revision, upserts, deletes });
         {
             let mut history = self.store.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -219,7 +230,7 @@ impl Publisher {
                 history.push_back(change.clone());
             }
         }
-        self.store.current.store(Arc::new(Snapshot { revision, entries }));
+        self.store.current.store(Arc::new(Snapshot { revision, entries, modules }));
         // No receivers is not an error: nobody is watching right now.
         let _ = self.store.events.send(Event::Change(change));
         self.store.ready.send_replace(true);

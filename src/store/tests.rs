@@ -9,6 +9,10 @@ fn changes(items: &[(&str, Option<Value>)]) -> BTreeMap<Key, Option<Arc<Value>>>
         .collect()
 }
 
+fn publish(publisher: &mut Publisher, changes: BTreeMap<Key, Option<Arc<Value>>>) -> Option<Revision> {
+    publisher.apply(changes, None)
+}
+
 fn store(history: usize) -> (Arc<Store>, Publisher) {
     Store::new(StoreLimits { history, watch_backlog: 8 })
 }
@@ -17,17 +21,17 @@ fn store(history: usize) -> (Arc<Store>, Publisher) {
 fn first_publish_is_revision_one_even_when_empty() {
     let (store, mut publisher) = store(10);
     assert!(!store.snapshot().is_ready());
-    assert_eq!(publisher.apply(BTreeMap::new()), Some(1));
+    assert_eq!(publish(&mut publisher, BTreeMap::new()), Some(1));
     assert!(store.snapshot().is_ready());
-    assert_eq!(publisher.apply(BTreeMap::new()), None, "an empty change after the first is no revision");
+    assert_eq!(publish(&mut publisher, BTreeMap::new()), None, "an empty change after the first is no revision");
 }
 
 #[test]
 fn revisions_count_change_sets_and_skip_equal_values() {
     let (store, mut publisher) = store(10);
-    assert_eq!(publisher.apply(changes(&[("a", Some(json!({"x": 1}))), ("b", Some(json!({})))])), Some(1));
-    assert_eq!(publisher.apply(changes(&[("a", Some(json!({"x": 1})))])), None);
-    assert_eq!(publisher.apply(changes(&[("a", Some(json!({"x": 2}))), ("b", None), ("zz", None)])), Some(2));
+    assert_eq!(publish(&mut publisher, changes(&[("a", Some(json!({"x": 1}))), ("b", Some(json!({})))])), Some(1));
+    assert_eq!(publish(&mut publisher, changes(&[("a", Some(json!({"x": 1})))])), None);
+    assert_eq!(publish(&mut publisher, changes(&[("a", Some(json!({"x": 2}))), ("b", None), ("zz", None)])), Some(2));
     let snapshot = store.snapshot();
     assert_eq!(snapshot.revision, 2);
     assert_eq!(snapshot.entries.keys().map(Key::as_str).collect::<Vec<_>>(), ["a"]);
@@ -42,9 +46,9 @@ fn revisions_count_change_sets_and_skip_equal_values() {
 #[test]
 fn old_snapshots_stay_as_they_were() {
     let (store, mut publisher) = store(10);
-    publisher.apply(changes(&[("a", Some(json!({"v": 1})))]));
+    publish(&mut publisher, changes(&[("a", Some(json!({"v": 1})))]));
     let before = store.snapshot();
-    publisher.apply(changes(&[("a", Some(json!({"v": 2})))]));
+    publish(&mut publisher, changes(&[("a", Some(json!({"v": 2})))]));
     assert_eq!(*before.get("a").map(|entry| entry.value.clone()).unwrap_or_default(), json!({"v": 1}));
     assert_eq!(*store.snapshot().get("a").map(|entry| entry.value.clone()).unwrap_or_default(), json!({"v": 2}));
 }
@@ -53,7 +57,7 @@ fn old_snapshots_stay_as_they_were() {
 fn history_is_bounded() {
     let (store, mut publisher) = store(3);
     for n in 0..10 {
-        publisher.apply(changes(&[("a", Some(json!({ "n": n })))]));
+        publish(&mut publisher, changes(&[("a", Some(json!({ "n": n })))]));
     }
     assert_eq!(store.snapshot().revision, 10);
     assert!(store.changes_since(6, 10).is_none(), "revision 7 is gone");
@@ -65,12 +69,15 @@ fn history_is_bounded() {
 #[test]
 fn prefix_scan() {
     let (store, mut publisher) = store(1);
-    publisher.apply(changes(&[
-        ("match", Some(json!({}))),
-        ("matchmaking/queues", Some(json!({}))),
-        ("matchmaking/rules", Some(json!({}))),
-        ("maps/rotation", Some(json!({}))),
-    ]));
+    publish(
+        &mut publisher,
+        changes(&[
+            ("match", Some(json!({}))),
+            ("matchmaking/queues", Some(json!({}))),
+            ("matchmaking/rules", Some(json!({}))),
+            ("maps/rotation", Some(json!({}))),
+        ]),
+    );
     let snapshot = store.snapshot();
     let keys = |prefix| snapshot.with_prefix(prefix).map(|entry| entry.key.to_string()).collect::<Vec<_>>();
     assert_eq!(keys("matchmaking/"), ["matchmaking/queues", "matchmaking/rules"]);
@@ -94,4 +101,12 @@ fn only_fresh_rejections_are_announced() {
     assert!(matches!(events.try_recv(), Ok(Event::Rejected { .. })));
     assert!(events.try_recv().is_err());
     assert_eq!(*store.rejections(), vec![rejection]);
+}
+
+#[test]
+fn new_documents_alone_make_a_revision() {
+    let (store, mut publisher) = store(10);
+    publish(&mut publisher, changes(&[("a", Some(json!({})))]));
+    assert_eq!(publisher.apply(BTreeMap::new(), Some(Arc::new(Modules::default()))), Some(2));
+    assert_eq!(store.changes_since(1, 2).map(|changes| changes[0].upserts.len()), Some(0));
 }

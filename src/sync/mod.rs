@@ -1,27 +1,25 @@
 //! The sync loop: the only path from an upstream source to the store.
 //!
 //! It keeps the upstream's documents as last seen, turns each source update into one
-//! change-set (parsing only the documents that changed), and records upstream health for
-//! Status. A rejected document never replaces a served value, and a source error never
-//! clears what is served.
+//! change-set (parsing the documents that changed and resolving the modules they touch),
+//! and records upstream health for Status. A rejected document never replaces a served
+//! value, and a source error never clears what is served.
+
+mod documents;
+mod pipeline;
+
+pub use pipeline::{Outcome, Pipeline};
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::SystemTime,
 };
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{
-    model::{Key, Rejection},
-    resolve::{Format, document_key, parse_document},
-    source::{Document, SourceEvent, Update},
-    store::Publisher,
-};
+use crate::{resolve::Labels, source::SourceEvent, store::Publisher};
 
 /// What Status reports about the upstream.
 #[derive(Debug, Clone, Default)]
@@ -54,120 +52,15 @@ impl Upstream {
     }
 }
 
-/// The upstream's documents and what they became.
-#[derive(Default)]
-pub struct Documents {
-    /// By document name, as the source last reported them.
-    texts: BTreeMap<String, Document>,
-    /// Which document names define each key; more than one is a conflict.
-    names_by_key: BTreeMap<Key, BTreeSet<String>>,
-    /// Names that are not valid keys, kept so that they can be reported and cleared.
-    bad_names: BTreeMap<String, String>,
-    rejections: BTreeMap<String, Rejection>,
-}
-
-/// One update's effect: values to publish (`None` = delete) and the rejections now in force.
-pub struct Outcome {
-    pub changes: BTreeMap<Key, Option<Arc<Value>>>,
-    pub rejections: Vec<Rejection>,
-}
-
-impl Documents {
-    /// Applies a source update and works out what to publish. `is_served` says whether a
-    /// key has a good value being served, for the rejection's `serving_previous`.
-    pub fn apply(&mut self, update: Update, is_served: impl Fn(&Key) -> bool) -> Outcome {
-        let mut touched_names: BTreeSet<String> = update.changes.keys().cloned().collect();
-        if update.full {
-            touched_names.extend(self.texts.keys().cloned());
-            self.texts.clear();
-        }
-        for (name, document) in update.changes {
-            match document {
-                Some(document) => self.texts.insert(name, document),
-                None => self.texts.remove(&name),
-            };
-        }
-
-        let mut touched_keys = BTreeSet::new();
-        for name in touched_names {
-            self.bad_names.remove(&name);
-            self.rejections.remove(&name);
-            match document_key(&name) {
-                Some(Ok(key)) => {
-                    let names = self.names_by_key.entry(key.clone()).or_default();
-                    if self.texts.contains_key(&name) {
-                        names.insert(name);
-                    } else {
-                        names.remove(&name);
-                    }
-                    touched_keys.insert(key);
-                }
-                Some(Err(error)) if self.texts.contains_key(&name) => {
-                    self.bad_names.insert(name, format!("file name is not a valid key: {error}"));
-                }
-                _ => {}
-            }
-        }
-
-        let mut changes = BTreeMap::new();
-        for key in touched_keys {
-            self.rejections.retain(|_, rejection| rejection.key != key.as_str());
-            let names = self.names_by_key.get(&key).cloned().unwrap_or_default();
-            let mut names_iter = names.iter();
-            let (Some(name), None) = (names_iter.next(), names_iter.next()) else {
-                if names.is_empty() {
-                    self.names_by_key.remove(&key);
-                    changes.insert(key, None);
-                } else {
-                    let listed = names.iter().cloned().collect::<Vec<_>>().join(" and ");
-                    for name in &names {
-                        self.reject(&key, name, None, format!("key {key} is defined by both {listed}"), &is_served);
-                    }
-                }
-                continue;
-            };
-            match self.parse(name) {
-                Ok(value) => {
-                    changes.insert(key, Some(Arc::new(value)));
-                }
-                Err((line, reason)) => self.reject(&key, name, line, reason, &is_served),
-            }
-        }
-        let mut rejections: Vec<Rejection> = self.rejections.values().cloned().collect();
-        rejections.extend(self.bad_names.iter().map(|(name, reason)| Rejection {
-            key: name.clone(),
-            origin: name.clone(),
-            line: None,
-            reason: reason.clone(),
-            serving_previous: false,
-        }));
-        Outcome { changes, rejections }
-    }
-
-    fn parse(&self, name: &str) -> Result<Value, (Option<u32>, String)> {
-        let format = Format::from_name(name).ok_or((None, "unknown format".to_owned()))?;
-        match self.texts.get(name) {
-            Some(Ok(bytes)) => parse_document(format, bytes).map_err(|error| (error.line, error.reason)),
-            Some(Err(reason)) => Err((None, reason.clone())),
-            None => Err((None, "document vanished".to_owned())),
-        }
-    }
-
-    fn reject(&mut self, key: &Key, name: &str, line: Option<u32>, reason: String, is_served: &impl Fn(&Key) -> bool) {
-        let rejection =
-            Rejection { key: key.to_string(), origin: name.to_owned(), line, reason, serving_previous: is_served(key) };
-        self.rejections.insert(name.to_owned(), rejection);
-    }
-}
-
 /// Runs until the source stops or `drain` fires.
 pub async fn run(
     mut events: mpsc::Receiver<SourceEvent>,
     mut publisher: Publisher,
     upstream: Arc<Upstream>,
+    labels: Labels,
     drain: CancellationToken,
 ) {
-    let mut documents = Documents::default();
+    let mut pipeline = Pipeline::new(labels);
     loop {
         let event = tokio::select! {
             _ = drain.cancelled() => return,
@@ -179,10 +72,10 @@ pub async fn run(
         match event {
             SourceEvent::Update(update) => {
                 let snapshot = publisher.store().snapshot();
-                let outcome = documents.apply(update, |key| snapshot.get(key.as_str()).is_some());
+                let outcome = pipeline.apply(update, &|key| snapshot.get(key.as_str()).is_some());
                 drop(snapshot);
                 let n_changes = outcome.changes.len();
-                if let Some(revision) = publisher.apply(outcome.changes) {
+                if let Some(revision) = publisher.apply(outcome.changes, outcome.modules) {
                     info!(revision, n_changes, "published");
                 }
                 for rejection in publisher.set_rejections(outcome.rejections).iter() {

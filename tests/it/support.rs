@@ -171,7 +171,7 @@ impl StoreServer {
                 (veltrix_sidecar::model::Key::new(key).expect("valid key"), value.clone().map(Arc::new))
             })
             .collect();
-        self.publisher.apply(changes).expect("a change")
+        self.publisher.apply(changes, None).expect("a change")
     }
 }
 

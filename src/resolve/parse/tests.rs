@@ -41,10 +41,12 @@ fn non_utf8_is_rejected_with_its_line() {
 }
 
 #[test]
-fn document_keys() {
-    assert_eq!(document_key("matchmaking/queues.yaml"), Some(Key::new("matchmaking/queues")));
-    assert_eq!(document_key("a.b.toml"), Some(Key::new("a.b")));
-    assert_eq!(document_key("README.md"), None);
-    assert_eq!(document_key("noext"), None);
-    assert!(matches!(document_key("bad name.json"), Some(Err(KeyError::BadCharacter(' ')))));
+fn document_modules() {
+    let key = |name| document_module(name).map(|module| module.map(|module| module.to_string()));
+    assert_eq!(key("matchmaking/queues.yaml"), Some(Ok("matchmaking/queues".to_owned())));
+    assert_eq!(key("a.b.toml"), Some(Ok("a.b".to_owned())));
+    assert_eq!(key("mm@region=eu.json"), Some(Ok("mm@region=eu".to_owned())));
+    assert_eq!(key("README.md"), None);
+    assert_eq!(key("noext"), None);
+    assert!(matches!(key("bad name.json"), Some(Err(NameError::Key(crate::model::KeyError::BadCharacter(' '))))));
 }
