@@ -4,7 +4,6 @@
 //! and learns their addresses before anything is served.
 
 use std::{
-    collections::BTreeMap,
     future::Future,
     io,
     net::SocketAddr,
@@ -31,6 +30,7 @@ use tracing::{info, warn};
 use crate::{
     api::{ApiLimits, ConfigApi, ConfigServiceServer, proto},
     config::{Settings, SourceUri},
+    resolve::Labels,
     source::file::{FileSource, FileSourceSettings},
     store::{Store, StoreLimits},
     sync::{self, Upstream},
@@ -117,7 +117,7 @@ pub async fn local_api(
     store: Arc<Store>,
     upstream: Arc<Upstream>,
     limits: ApiLimits,
-    labels: BTreeMap<String, String>,
+    labels: Labels,
     drain: CancellationToken,
 ) -> Result<(Router, HealthReporter), AppError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -201,6 +201,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future
     let limits = ApiLimits {
         max_keys_per_request: settings.max_keys_per_request,
         progress_interval: settings.progress_interval,
+        context_cache_bytes: settings.context_cache_bytes,
     };
     let (router, health) = local_api(store, upstream, limits, settings.labels.clone(), drain.clone()).await?;
     let socket_path = listeners.unix.as_ref().map(|(_, path)| path.clone());

@@ -1,6 +1,10 @@
 //! The command line: `serve`, and the client commands that talk to a running sidecar.
 
-use std::{io::Write, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -10,6 +14,10 @@ use crate::{
     api::{proto, proto::watch_response::Kind, wire::from_proto_value},
     client,
     config::{LogFormat, RawSettings, parse_label},
+    model::Rejection,
+    resolve::Labels,
+    source::file::load_directory,
+    sync::Pipeline,
 };
 
 #[derive(Debug, Parser)]
@@ -30,7 +38,11 @@ pub enum Command {
     /// Serve the configuration to local engine processes.
     Serve(Box<ServeArgs>),
     /// Print one module's value as JSON.
-    Get { key: String },
+    Get {
+        key: String,
+        #[command(flatten)]
+        context: ContextArgs,
+    },
     /// List keys (under PREFIX) with the revision at which each last changed.
     List { prefix: Option<String> },
     /// Print changes as they are accepted. Arguments ending in '/' are prefixes, others
@@ -40,9 +52,46 @@ pub enum Command {
         /// Resume after this revision instead of starting with the current state.
         #[arg(long, default_value_t = 0)]
         from_revision: u64,
+        #[command(flatten)]
+        context: ContextArgs,
     },
     /// Print upstream health, revision and rejected modules.
     Status,
+    /// Show where a module's value came from: bases, the module, overlays, references.
+    Explain {
+        key: String,
+        #[command(flatten)]
+        context: ContextArgs,
+    },
+    /// Resolve and validate a config directory offline; exit code 1 when anything is
+    /// rejected. Each error names the file, the line where the format gives one, and why.
+    Check {
+        dir: PathBuf,
+        /// Labels to resolve with, KEY=VALUE; repeatable.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Print a config directory's dependency graph as Graphviz DOT; rejected modules in red.
+    Graph {
+        dir: PathBuf,
+        /// Labels to resolve with, KEY=VALUE; repeatable.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+}
+
+/// Labels a client command sends as its context.
+#[derive(Debug, Args)]
+pub struct ContextArgs {
+    /// Resolve under these labels (laid over the sidecar's own), KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+impl ContextArgs {
+    fn labels(&self) -> anyhow::Result<HashMap<String, String>> {
+        Ok(self.labels.iter().map(|label| parse_label(label)).collect::<Result<_, _>>()?)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +147,9 @@ pub struct ServeArgs {
     /// Larger documents are rejected. [default: 16777216]
     #[arg(long, env = "VELTRIX_MAX_DOCUMENT_BYTES")]
     pub max_document_bytes: Option<u64>,
+    /// Bytes of values resolved under request labels kept in memory. [default: 67108864]
+    #[arg(long, env = "VELTRIX_CONTEXT_CACHE_BYTES")]
+    pub context_cache_bytes: Option<u64>,
     /// How long shutdown waits for open requests and streams. [default: 5s]
     #[arg(long, env = "VELTRIX_DRAIN_GRACE")]
     pub drain_grace: Option<String>,
@@ -129,16 +181,18 @@ impl ServeArgs {
             debounce: self.debounce.clone(),
             rescan_interval: self.rescan_interval.clone(),
             max_document_bytes: self.max_document_bytes,
+            context_cache_bytes: self.context_cache_bytes,
             drain_grace: self.drain_grace.clone(),
         };
         Ok(flags.over(file))
     }
 }
 
-pub async fn get(key: &str, client: &ClientArgs) -> anyhow::Result<()> {
+pub async fn get(key: &str, context: &ContextArgs, client: &ClientArgs) -> anyhow::Result<()> {
+    let labels = context.labels()?;
     let mut api = client::connect(&client.addr).await?;
     let response = api
-        .get(proto::GetRequest { key: key.to_owned(), format: proto::ValueFormat::Json.into() })
+        .get(proto::GetRequest { key: key.to_owned(), format: proto::ValueFormat::Json.into(), labels })
         .await
         .with_context(|| format!("get {key}"))?
         .into_inner();
@@ -162,8 +216,14 @@ pub async fn list(prefix: Option<&str>, client: &ClientArgs) -> anyhow::Result<(
     Ok(())
 }
 
-pub async fn watch(targets: &[String], from_revision: u64, client: &ClientArgs) -> anyhow::Result<()> {
+pub async fn watch(
+    targets: &[String],
+    from_revision: u64,
+    context: &ContextArgs,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
     let (prefixes, keys): (Vec<String>, Vec<String>) = targets.iter().cloned().partition(|t| t.ends_with('/'));
+    let labels = context.labels()?;
     let mut api = client::connect(&client.addr).await?;
     let mut stream = api
         .watch(proto::WatchRequest {
@@ -171,6 +231,7 @@ pub async fn watch(targets: &[String], from_revision: u64, client: &ClientArgs) 
             prefixes,
             start_revision: from_revision,
             format: proto::ValueFormat::Json.into(),
+            labels,
         })
         .await
         .context("watch")?
@@ -242,4 +303,122 @@ pub async fn status(client: &ClientArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+pub async fn explain(key: &str, context: &ContextArgs, client: &ClientArgs) -> anyhow::Result<()> {
+    let labels = context.labels()?;
+    let mut api = client::connect(&client.addr).await?;
+    let explained = api
+        .explain(proto::ExplainRequest { key: key.to_owned(), labels })
+        .await
+        .with_context(|| format!("explain {key}"))?
+        .into_inner();
+    let mut labels: Vec<String> = explained.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    println!(
+        "{} at revision {} (labels: {})",
+        explained.key,
+        explained.revision,
+        if labels.is_empty() { "none".to_owned() } else { labels.join(",") }
+    );
+    println!("layers, bottom to top:");
+    for layer in &explained.layers {
+        println!("  {layer}");
+    }
+    println!("fields:");
+    let fields: BTreeMap<_, _> = explained.fields.iter().collect();
+    for (field, layer) in fields {
+        println!("  {field}: {layer}");
+    }
+    if !explained.references.is_empty() {
+        println!("references:");
+        for reference in &explained.references {
+            println!("  {}: {}", reference.path, reference.reference);
+        }
+    }
+    if !explained.schema.is_empty() {
+        println!("schema: {}", explained.schema);
+    }
+    let value: serde_json::Value = serde_json::from_slice(&explained.json).context("value is not JSON")?;
+    println!("value:\n{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+fn label_map(labels: &[String]) -> anyhow::Result<Labels> {
+    Ok(labels.iter().map(|label| parse_label(label)).collect::<Result<_, _>>()?)
+}
+
+/// Largest document `check` and `graph` read.
+const OFFLINE_MAX_DOCUMENT_BYTES: u64 = 16 << 20;
+
+/// Resolves a directory as `serve` would, from scratch.
+fn resolve_directory(dir: &Path, labels: &[String]) -> anyhow::Result<(Pipeline, Vec<Rejection>, usize)> {
+    let labels = label_map(labels)?;
+    let update =
+        load_directory(dir, OFFLINE_MAX_DOCUMENT_BYTES).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut pipeline = Pipeline::new(labels);
+    let outcome = pipeline.apply(update, &|_| false);
+    let n_resolved = outcome.changes.values().filter(|value| value.is_some()).count();
+    Ok((pipeline, outcome.rejections, n_resolved))
+}
+
+/// Prints every rejection; `Ok(true)` when there were none.
+pub fn check(dir: &Path, labels: &[String]) -> anyhow::Result<bool> {
+    let (_, rejections, n_resolved) = resolve_directory(dir, labels)?;
+    let mut err = std::io::stderr().lock();
+    for rejection in &rejections {
+        writeln!(err, "{}: {}", dir.join(&rejection.origin).display(), rejection_text(rejection))?;
+    }
+    if rejections.is_empty() {
+        println!("{}: {n_resolved} modules resolved, none rejected", dir.display());
+    } else {
+        writeln!(err, "{}: {n_resolved} modules resolved, {} rejected", dir.display(), rejections.len())?;
+    }
+    Ok(rejections.is_empty())
+}
+
+/// `line: reason` or `reason`, for a rejection printed after its file.
+fn rejection_text(rejection: &Rejection) -> String {
+    match rejection.line {
+        Some(line) => format!("{line}: {}", rejection.reason),
+        None => rejection.reason.clone(),
+    }
+}
+
+pub fn graph(dir: &Path, labels: &[String]) -> anyhow::Result<()> {
+    let (pipeline, rejections, _) = resolve_directory(dir, labels)?;
+    let rejected: BTreeMap<&str, &Rejection> =
+        rejections.iter().map(|rejection| (rejection.key.as_str(), rejection)).collect();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "digraph config {{")?;
+    writeln!(out, "  rankdir=LR;")?;
+    writeln!(out, "  node [shape=box, fontname=\"monospace\"];")?;
+    let resolver = pipeline.resolver();
+    let mut missing = std::collections::BTreeSet::new();
+    for (key, edges) in resolver.edges() {
+        match rejected.get(key.as_str()) {
+            Some(rejection) => writeln!(
+                out,
+                "  {} [color=red, fontcolor=red, tooltip={}];",
+                quote(key.as_str()),
+                quote(&rejection.reason)
+            )?,
+            None => writeln!(out, "  {};", quote(key.as_str()))?,
+        }
+        for (dep, kind) in edges {
+            if resolver.outcome(dep).is_none() {
+                missing.insert(dep.clone());
+            }
+            writeln!(out, "  {} -> {} [label={}];", quote(key.as_str()), quote(dep.as_str()), quote(kind))?;
+        }
+    }
+    for key in missing {
+        writeln!(out, "  {} [style=dashed, color=red, tooltip=\"no such module\"];", quote(key.as_str()))?;
+    }
+    writeln!(out, "}}")?;
+    Ok(())
+}
+
+fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }

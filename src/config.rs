@@ -31,6 +31,8 @@ pub struct Settings {
     pub debounce: Duration,
     pub rescan_interval: Duration,
     pub max_document_bytes: u64,
+    /// Bound of the cache of values resolved under request labels.
+    pub context_cache_bytes: u64,
     /// How long shutdown waits for open requests and streams.
     pub drain_grace: Duration,
 }
@@ -93,6 +95,7 @@ pub struct RawSettings {
     pub debounce: Option<String>,
     pub rescan_interval: Option<String>,
     pub max_document_bytes: Option<u64>,
+    pub context_cache_bytes: Option<u64>,
     pub drain_grace: Option<String>,
 }
 
@@ -141,6 +144,7 @@ impl RawSettings {
             debounce: self.debounce.or(base.debounce),
             rescan_interval: self.rescan_interval.or(base.rescan_interval),
             max_document_bytes: self.max_document_bytes.or(base.max_document_bytes),
+            context_cache_bytes: self.context_cache_bytes.or(base.context_cache_bytes),
             drain_grace: self.drain_grace.or(base.drain_grace),
         }
     }
@@ -187,6 +191,7 @@ impl RawSettings {
             debounce: duration("debounce", self.debounce.as_deref().unwrap_or("50ms"))?,
             rescan_interval: duration("rescan-interval", self.rescan_interval.as_deref().unwrap_or("30s"))?,
             max_document_bytes: positive("max-document-bytes", self.max_document_bytes.unwrap_or(16 << 20))?,
+            context_cache_bytes: positive("context-cache-bytes", self.context_cache_bytes.unwrap_or(64 << 20))?,
             drain_grace: duration("drain-grace", self.drain_grace.as_deref().unwrap_or("5s"))?,
         };
         Ok(settings)

@@ -37,10 +37,22 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => return serve(&args).await,
-            Command::Get { key } => cli::get(&key, &cli.client).await,
+            Command::Get { key, context } => cli::get(&key, &context, &cli.client).await,
             Command::List { prefix } => cli::list(prefix.as_deref(), &cli.client).await,
-            Command::Watch { targets, from_revision } => cli::watch(&targets, from_revision, &cli.client).await,
+            Command::Watch { targets, from_revision, context } => {
+                cli::watch(&targets, from_revision, &context, &cli.client).await
+            }
             Command::Status => cli::status(&cli.client).await,
+            Command::Explain { key, context } => cli::explain(&key, &context, &cli.client).await,
+            Command::Check { dir, labels } => {
+                return cli::check(&dir, &labels)
+                    .map(|clean| if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                    .or_else(|error| {
+                        eprintln!("error: {error:#}");
+                        Ok(ExitCode::FAILURE)
+                    });
+            }
+            Command::Graph { dir, labels } => cli::graph(&dir, &labels),
         }
         .map(|()| ExitCode::SUCCESS)
         .or_else(|error| {

@@ -20,7 +20,7 @@ mod server {
 mod watch;
 pub mod wire;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,9 @@ use tonic::{Request, Response, Status};
 pub use server::config_service_server::{ConfigService, ConfigServiceServer};
 
 use crate::{
-    model::{KeyError, Rejection, validate_key, validate_prefix},
+    cache::{ContextCache, Session},
+    model::{Key, KeyError, Rejection, validate_key, validate_prefix},
+    resolve::{Labels, OnDemand, SchemaCache, is_label_word},
     store::{Entry, Snapshot, Store},
     sync::Upstream,
 };
@@ -42,6 +44,8 @@ pub struct ApiLimits {
     pub max_keys_per_request: usize,
     /// An idle Watch stream gets a PROGRESS message this often.
     pub progress_interval: Duration,
+    /// Bound of the cache of values resolved under request labels.
+    pub context_cache_bytes: u64,
 }
 
 /// Everything that can go wrong serving a request.
@@ -65,6 +69,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("no configuration loaded yet")]
     NotReady,
+    #[error("invalid labels: {0}")]
+    BadLabels(String),
+    #[error("module {key} does not resolve: {reason}")]
+    Rejected { key: String, reason: String },
 }
 
 /// The one table from errors to gRPC codes.
@@ -72,10 +80,12 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         let message = error.to_string();
         match error {
-            ApiError::BadKey { .. } | ApiError::BadPrefix { .. } | ApiError::TooManyKeys { .. } => {
-                Status::invalid_argument(message)
-            }
+            ApiError::BadKey { .. }
+            | ApiError::BadPrefix { .. }
+            | ApiError::TooManyKeys { .. }
+            | ApiError::BadLabels(_) => Status::invalid_argument(message),
             ApiError::NotFound(_) => Status::not_found(message),
+            ApiError::Rejected { .. } => Status::failed_precondition(message),
             ApiError::NotReady => Status::unavailable(message),
         }
     }
@@ -85,21 +95,68 @@ pub struct ConfigApi {
     store: Arc<Store>,
     upstream: Arc<Upstream>,
     limits: ApiLimits,
-    /// This instance's labels, reported by Status.
-    labels: BTreeMap<String, String>,
+    /// This instance's labels: the snapshot is resolved with them, and request labels
+    /// are laid over them.
+    labels: Arc<Labels>,
+    /// Values resolved under request labels.
+    context: Arc<ContextCache>,
     /// Ends every Watch stream at shutdown.
     drain: CancellationToken,
 }
+
+/// Labels one request may carry.
+pub const MAX_REQUEST_LABELS: usize = 16;
 
 impl ConfigApi {
     pub fn new(
         store: Arc<Store>,
         upstream: Arc<Upstream>,
         limits: ApiLimits,
-        labels: BTreeMap<String, String>,
+        labels: Labels,
         drain: CancellationToken,
     ) -> ConfigApi {
-        ConfigApi { store, upstream, limits, labels, drain }
+        let context = Arc::new(ContextCache::new(limits.context_cache_bytes));
+        ConfigApi { store, upstream, limits, labels: Arc::new(labels), context, drain }
+    }
+
+    /// The labels a request resolves with: `None` for the instance's own (the snapshot),
+    /// else the request's laid over the instance's.
+    fn context_labels(&self, requested: &HashMap<String, String>) -> Result<Option<Arc<Labels>>, ApiError> {
+        if requested.is_empty() {
+            return Ok(None);
+        }
+        if requested.len() > MAX_REQUEST_LABELS {
+            return Err(ApiError::BadLabels(format!(
+                "{} labels, over the limit of {MAX_REQUEST_LABELS}",
+                requested.len()
+            )));
+        }
+        if let Some((name, value)) =
+            requested.iter().find(|(name, value)| !is_label_word(name) || !is_label_word(value))
+        {
+            return Err(ApiError::BadLabels(format!(
+                "{name}={value}: names and values are non-empty and use A-Z a-z 0-9 _ . - only"
+            )));
+        }
+        let mut labels = (*self.labels).clone();
+        labels.extend(requested.iter().map(|(name, value)| (name.clone(), value.clone())));
+        Ok((labels != *self.labels).then(|| Arc::new(labels)))
+    }
+
+    /// One module from the snapshot, or resolved under `labels`.
+    fn entry(
+        &self,
+        snapshot: &Snapshot,
+        session: Option<&mut Session<'_>>,
+        key: &str,
+    ) -> Result<Option<Arc<Entry>>, ApiError> {
+        let Some(session) = session else { return Ok(snapshot.get(key).cloned()) };
+        let key = Key::new(key).map_err(|source| ApiError::BadKey { key: key.to_owned(), source })?;
+        match session.get(&key) {
+            None => Ok(None),
+            Some(Ok(entry)) => Ok(Some(entry)),
+            Some(Err(reason)) => Err(ApiError::Rejected { key: key.to_string(), reason: reason.to_string() }),
+        }
     }
 
     fn ready_snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
@@ -148,10 +205,14 @@ impl ConfigService for ConfigApi {
     async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<wire::GetReply>, Status> {
         let request = request.get_ref();
         check_key(&request.key)?;
+        let labels = self.context_labels(&request.labels)?;
         let snapshot = self.ready_snapshot()?;
-        let entry = snapshot.get(&request.key).ok_or_else(|| ApiError::NotFound(request.key.clone()))?;
+        let mut session = labels.as_ref().map(|labels| self.context.session(&snapshot, labels));
+        let entry = self
+            .entry(&snapshot, session.as_mut(), &request.key)?
+            .ok_or_else(|| ApiError::NotFound(request.key.clone()))?;
         Ok(Response::new(wire::GetReply {
-            entry: encoded(entry, format_of(request.format)),
+            entry: encoded(&entry, format_of(request.format)),
             revision: snapshot.revision,
         }))
     }
@@ -165,12 +226,14 @@ impl ConfigService for ConfigApi {
         for key in &request.keys {
             check_key(key)?;
         }
+        let labels = self.context_labels(&request.labels)?;
         let snapshot = self.ready_snapshot()?;
+        let mut session = labels.as_ref().map(|labels| self.context.session(&snapshot, labels));
         let format = format_of(request.format);
         let mut reply = wire::BatchGetReply { revision: snapshot.revision, ..Default::default() };
         for key in &request.keys {
-            match snapshot.get(key) {
-                Some(entry) => reply.entries.push(encoded(entry, format)),
+            match self.entry(&snapshot, session.as_mut(), key)? {
+                Some(entry) => reply.entries.push(encoded(&entry, format)),
                 None => reply.missing.push(key.clone()),
             }
         }
@@ -199,11 +262,14 @@ impl ConfigService for ConfigApi {
         for prefix in &request.prefixes {
             check_prefix(prefix)?;
         }
+        let context =
+            self.context_labels(&request.labels)?.map(|labels| watch::Context::new(labels, self.context.clone()));
         let format = format_of(request.format);
         let selection = watch::Selection::new(request.keys, request.prefixes);
         Ok(Response::new(watch::spawn(
             self.store.clone(),
             selection,
+            context,
             request.start_revision,
             format,
             self.limits.progress_interval,
@@ -227,8 +293,38 @@ impl ConfigService for ConfigApi {
             serving_from_last_known_good: false,
             watchers: u32::try_from(n_watchers).unwrap_or(u32::MAX),
             lagged_resyncs: self.store.lagged_resyncs.load(std::sync::atomic::Ordering::Relaxed),
-            labels: self.labels.clone().into_iter().collect(),
+            labels: self.labels.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),
             upstream_error: upstream.error.unwrap_or_default(),
+            context_cache_entries: self.context.entry_count(),
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<proto::ExplainRequest>,
+    ) -> Result<Response<proto::ExplainResponse>, Status> {
+        let request = request.get_ref();
+        let key = Key::new(&request.key).map_err(|source| ApiError::BadKey { key: request.key.clone(), source })?;
+        let labels = self.context_labels(&request.labels)?.unwrap_or_else(|| self.labels.clone());
+        let snapshot = self.ready_snapshot()?;
+        let schemas = SchemaCache::default();
+        let (value, explanation) = OnDemand::new(&snapshot.modules, &labels, &schemas)
+            .explain(&key)
+            .ok_or_else(|| ApiError::NotFound(request.key.clone()))?
+            .map_err(|reason| ApiError::Rejected { key: request.key.clone(), reason })?;
+        Ok(Response::new(proto::ExplainResponse {
+            key: key.to_string(),
+            revision: snapshot.revision,
+            json: value.to_string().into(),
+            layers: explanation.layers,
+            fields: explanation.fields.into_iter().collect(),
+            references: explanation
+                .references
+                .into_iter()
+                .map(|(path, reference)| proto::FollowedReference { path, reference })
+                .collect(),
+            schema: explanation.schema.map(|key| key.to_string()).unwrap_or_default(),
+            labels: labels.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),
         }))
     }
 }

@@ -7,7 +7,7 @@
 //! the change-sets it missed. Memory per stream stays bounded and nobody else waits.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -23,8 +23,10 @@ use tonic::Status;
 
 use super::{encoded, proto, proto::ValueFormat, rejection_to_proto, wire::WatchReply};
 use crate::{
-    model::Revision,
-    store::{ChangeSet, Event, Snapshot, Store},
+    cache::ContextCache,
+    model::{Key, Revision},
+    resolve::Labels,
+    store::{ChangeSet, Entry, Event, Snapshot, Store},
 };
 use proto::watch_response::Kind;
 
@@ -83,6 +85,65 @@ impl Selection {
     }
 }
 
+/// A stream's own labels. Its values are resolved under them (through the context
+/// cache), and what changed is found by comparing with what the stream last sent, since
+/// the store's change-sets are about the instance's labels.
+pub struct Context {
+    labels: Arc<Labels>,
+    cache: Arc<ContextCache>,
+    sent: BTreeMap<Key, Arc<Entry>>,
+}
+
+impl Context {
+    pub fn new(labels: Arc<Labels>, cache: Arc<ContextCache>) -> Context {
+        Context { labels, cache, sent: BTreeMap::new() }
+    }
+
+    /// The selection under these labels. A module that does not resolve under them keeps
+    /// the value last sent, as a rejected module keeps its last good value.
+    fn current(&self, selection: &Selection, snapshot: &Snapshot) -> BTreeMap<Key, Arc<Entry>> {
+        let mut session = self.cache.session(snapshot, &self.labels);
+        snapshot
+            .modules
+            .keys()
+            .filter(|key| selection.matches(key.as_str()))
+            .filter_map(|key| match session.get(key) {
+                Some(Ok(entry)) => Some((key.clone(), entry)),
+                Some(Err(_)) => self.sent.get(key).map(|entry| (key.clone(), entry.clone())),
+                None => None,
+            })
+            .collect()
+    }
+
+    fn state(&mut self, selection: &Selection, snapshot: &Snapshot, kind: Kind, format: ValueFormat) -> WatchReply {
+        self.sent = self.current(selection, snapshot);
+        let entries = self.sent.values().map(|entry| encoded(entry, format)).collect();
+        WatchReply { kind: kind.into(), revision: snapshot.revision, entries, ..Default::default() }
+    }
+
+    fn change(&mut self, selection: &Selection, snapshot: &Snapshot, format: ValueFormat) -> Option<WatchReply> {
+        let current = self.current(selection, snapshot);
+        let entries: Vec<Bytes> = current
+            .iter()
+            .filter(|(key, entry)| self.sent.get(*key).is_none_or(|sent| sent.value != entry.value))
+            .map(|(_, entry)| encoded(entry, format))
+            .collect();
+        let deleted: Vec<String> =
+            self.sent.keys().filter(|key| !current.contains_key(*key)).map(|key| key.to_string()).collect();
+        self.sent = current;
+        if entries.is_empty() && deleted.is_empty() {
+            return None;
+        }
+        Some(WatchReply {
+            kind: Kind::Change.into(),
+            revision: snapshot.revision,
+            entries,
+            deleted,
+            ..Default::default()
+        })
+    }
+}
+
 /// Counts the stream in `Store::watchers` for as long as it lives.
 struct WatcherGuard(Arc<Store>);
 
@@ -102,13 +163,14 @@ impl Drop for WatcherGuard {
 pub fn spawn(
     store: Arc<Store>,
     selection: Selection,
+    context: Option<Context>,
     start_revision: Revision,
     format: ValueFormat,
     progress_interval: Duration,
     drain: CancellationToken,
 ) -> WatchStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let stream = Stream { store, selection, format, tx, drain };
+    let stream = Stream { store, selection, context, format, tx, drain };
     tokio::spawn(stream.run(start_revision, progress_interval));
     ReceiverStream::new(rx)
 }
@@ -116,6 +178,7 @@ pub fn spawn(
 struct Stream {
     store: Arc<Store>,
     selection: Selection,
+    context: Option<Context>,
     format: ValueFormat,
     tx: mpsc::Sender<Result<WatchReply, Status>>,
     drain: CancellationToken,
@@ -125,7 +188,7 @@ struct Stream {
 struct Stopped;
 
 impl Stream {
-    async fn run(self, start_revision: Revision, progress_interval: Duration) {
+    async fn run(mut self, start_revision: Revision, progress_interval: Duration) {
         let _guard = WatcherGuard::new(self.store.clone());
         // Subscribe before reading the snapshot so that no change falls between the two.
         let mut events = self.store.subscribe();
@@ -151,8 +214,19 @@ impl Stream {
                 event = events.recv() => match event {
                     Ok(Event::Change(change)) if change.revision <= sent => continue,
                     Ok(Event::Change(change)) => {
-                        sent = change.revision;
-                        match self.selection.change(&change, self.format) {
+                        let reply = match &mut self.context {
+                            None => {
+                                sent = change.revision;
+                                self.selection.change(&change, self.format)
+                            }
+                            Some(context) => {
+                                // The newest snapshot covers this change-set and any queued behind it.
+                                let snapshot = self.store.snapshot();
+                                sent = snapshot.revision;
+                                context.change(&self.selection, &snapshot, self.format)
+                            }
+                        };
+                        match reply {
                             Some(reply) => reply,
                             None => continue,
                         }
@@ -172,7 +246,7 @@ impl Stream {
                         self.store.lagged_resyncs.fetch_add(1, Ordering::Relaxed);
                         let snapshot = self.store.snapshot();
                         sent = snapshot.revision;
-                        self.selection.state(&snapshot, Kind::Resync, self.format)
+                        self.state(&snapshot, Kind::Resync)
                     }
                     Err(RecvError::Closed) => return,
                 },
@@ -184,19 +258,35 @@ impl Stream {
         }
     }
 
+    /// The full state of the selection.
+    fn state(&mut self, snapshot: &Snapshot, kind: Kind) -> WatchReply {
+        match &mut self.context {
+            None => self.selection.state(snapshot, kind, self.format),
+            Some(context) => context.state(&self.selection, snapshot, kind, self.format),
+        }
+    }
+
     /// Sends what the client needs to be current, and returns the revision it is at.
-    async fn start(&self, start_revision: Revision) -> Result<Revision, Stopped> {
+    async fn start(&mut self, start_revision: Revision) -> Result<Revision, Stopped> {
         let snapshot = self.store.snapshot();
         let current = snapshot.revision;
         if start_revision == 0 {
-            self.send(self.selection.state(&snapshot, Kind::Snapshot, self.format)).await?;
+            let reply = self.state(&snapshot, Kind::Snapshot);
+            self.send(reply).await?;
             return Ok(current);
         }
         if start_revision == current {
+            // What the client holds is what comparisons start from.
+            let _ = self.state(&snapshot, Kind::Snapshot);
             return Ok(current);
         }
-        // A revision from the future was not issued by this store: start over explicitly.
-        let missed = if start_revision < current { self.store.changes_since(start_revision, current) } else { None };
+        // A revision from the future was not issued by this store, and the history holds
+        // change-sets for the instance's labels only: both start over explicitly.
+        let missed = if start_revision < current && self.context.is_none() {
+            self.store.changes_since(start_revision, current)
+        } else {
+            None
+        };
         match missed {
             Some(changes) => {
                 for change in changes {
@@ -205,7 +295,10 @@ impl Stream {
                     }
                 }
             }
-            None => self.send(self.selection.state(&snapshot, Kind::Resync, self.format)).await?,
+            None => {
+                let reply = self.state(&snapshot, Kind::Resync);
+                self.send(reply).await?;
+            }
         }
         Ok(current)
     }

@@ -76,6 +76,25 @@ pub fn prepare(key: &Key, docs: &ModuleDocs, labels: &Labels) -> Option<Result<P
     Some(prepare_layers(documents))
 }
 
+impl Prepared {
+    /// Each dependency with what makes it one: `extends`, `schema` or `reference`.
+    pub fn edges(&self) -> Vec<(&Key, &'static str)> {
+        self.deps
+            .iter()
+            .map(|dep| {
+                let kind = if self.extends.contains(dep) {
+                    "extends"
+                } else if self.schema.as_ref() == Some(dep) {
+                    "schema"
+                } else {
+                    "reference"
+                };
+                (dep, kind)
+            })
+            .collect()
+    }
+}
+
 fn prepare_layers(documents: Vec<(String, &Arc<Value>)>) -> Result<Prepared, Failure> {
     let mut extends = None;
     let mut schema = None;

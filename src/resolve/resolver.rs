@@ -98,9 +98,9 @@ impl Resolver {
         self.nodes.get(key).map(|node| &node.outcome)
     }
 
-    /// The dependencies of every module, for the graph view.
-    pub fn edges(&self) -> impl Iterator<Item = (&Key, Vec<&Key>)> {
-        self.nodes.iter().map(|(key, node)| (key, node.deps()))
+    /// Every module's dependencies and their kinds, for the graph view.
+    pub fn edges(&self) -> impl Iterator<Item = (&Key, Vec<(&Key, &'static str)>)> {
+        self.nodes.iter().map(|(key, node)| (key, node.prepared.as_ref().map(Prepared::edges).unwrap_or_default()))
     }
 
     /// Applies document changes (`None` removes a document) and returns the new outcome

@@ -177,6 +177,15 @@ impl FileSource {
 
 type Known = BTreeMap<String, Seen>;
 
+/// Reads every document of a directory at once, as the first walk of a source does.
+pub fn load_directory(root: &Path, max_document_bytes: u64) -> io::Result<Update> {
+    let root = fs::canonicalize(root)?;
+    let mut found = BTreeMap::new();
+    walk(&root, &root, "", &mut found)?;
+    let (_, update) = diff_and_read(Known::new(), found, max_document_bytes);
+    Ok(Update { full: true, ..update })
+}
+
 fn diff_and_read(mut known: Known, found: BTreeMap<String, Found>, max_bytes: u64) -> (Known, Update) {
     let mut update = Update::default();
     let gone: Vec<String> = known.keys().filter(|name| !found.contains_key(*name)).cloned().collect();

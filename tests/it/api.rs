@@ -31,6 +31,7 @@ async fn get_batch_get_and_list_answer_over_tcp_and_unix_socket() {
             .batch_get(proto::BatchGetRequest {
                 keys: vec!["economy/currencies".into(), "nope".into(), "matchmaking/rules".into()],
                 format: 0,
+                ..Default::default()
             })
             .await
             .expect("batch get")
@@ -58,7 +59,11 @@ async fn values_come_as_protobuf_value_on_request() {
     let sidecar = Sidecar::start(FILES).await;
     let mut client = sidecar.client().await;
     let response = client
-        .get(proto::GetRequest { key: "matchmaking/rules".into(), format: ValueFormat::Proto.into() })
+        .get(proto::GetRequest {
+            key: "matchmaking/rules".into(),
+            format: ValueFormat::Proto.into(),
+            ..Default::default()
+        })
         .await
         .expect("get")
         .into_inner();
@@ -99,12 +104,19 @@ async fn bad_requests_get_invalid_argument_naming_the_rule() {
     assert!(status.message().contains("no/such/key"));
 
     let too_many = (0..1001).map(|n| format!("k{n}")).collect();
-    let status = client.batch_get(proto::BatchGetRequest { keys: too_many, format: 0 }).await.expect_err("limit");
+    let status = client
+        .batch_get(proto::BatchGetRequest { keys: too_many, format: 0, ..Default::default() })
+        .await
+        .expect_err("limit");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("1001 keys in one request, over the limit of 1000"), "{status:?}");
 
     let status = client
-        .batch_get(proto::BatchGetRequest { keys: vec!["ok".into(), "bad//key".into()], format: 0 })
+        .batch_get(proto::BatchGetRequest {
+            keys: vec!["ok".into(), "bad//key".into()],
+            format: 0,
+            ..Default::default()
+        })
         .await
         .expect_err("bad key in a batch");
     assert_eq!(status.code(), Code::InvalidArgument);

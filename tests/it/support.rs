@@ -182,11 +182,12 @@ impl Drop for StoreServer {
 }
 
 pub fn default_api_limits() -> ApiLimits {
-    ApiLimits { max_keys_per_request: 1000, progress_interval: Duration::from_secs(10) }
+    ApiLimits { max_keys_per_request: 1000, progress_interval: Duration::from_secs(10), context_cache_bytes: 1 << 20 }
 }
 
 pub async fn get_json(client: &mut Client, key: &str) -> Result<(Value, u64), tonic::Status> {
-    let response = client.get(proto::GetRequest { key: key.into(), format: 0 }).await?.into_inner();
+    let response =
+        client.get(proto::GetRequest { key: key.into(), format: 0, ..Default::default() }).await?.into_inner();
     let entry = response.entry.expect("an entry");
     Ok((serde_json::from_slice(&entry.json).expect("JSON"), entry.mod_revision))
 }
