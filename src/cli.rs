@@ -367,7 +367,8 @@ pub fn check(dir: &Path, labels: &[String]) -> anyhow::Result<bool> {
     let (_, rejections, n_resolved) = resolve_directory(dir, labels)?;
     let mut err = std::io::stderr().lock();
     for rejection in &rejections {
-        writeln!(err, "{}: {}", dir.join(&rejection.origin).display(), rejection_text(rejection))?;
+        let path = dir.join(&rejection.origin).display().to_string();
+        writeln!(err, "{}", Rejection { origin: path, ..rejection.clone() })?;
     }
     if rejections.is_empty() {
         println!("{}: {n_resolved} modules resolved, none rejected", dir.display());
@@ -375,14 +376,6 @@ pub fn check(dir: &Path, labels: &[String]) -> anyhow::Result<bool> {
         writeln!(err, "{}: {n_resolved} modules resolved, {} rejected", dir.display(), rejections.len())?;
     }
     Ok(rejections.is_empty())
-}
-
-/// `line: reason` or `reason`, for a rejection printed after its file.
-fn rejection_text(rejection: &Rejection) -> String {
-    match rejection.line {
-        Some(line) => format!("{line}: {}", rejection.reason),
-        None => rejection.reason.clone(),
-    }
 }
 
 pub fn graph(dir: &Path, labels: &[String]) -> anyhow::Result<()> {

@@ -4,5 +4,6 @@
 mod api;
 mod cli;
 mod files;
+mod resolve;
 mod support;
 mod watch;
