@@ -71,6 +71,9 @@ pub enum Command {
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
     },
+    /// Measure: `bench resolve` prints resolution and Get latency figures.
+    #[command(subcommand)]
+    Bench(Bench),
     /// Print a config directory's dependency graph as Graphviz DOT; rejected modules in red.
     Graph {
         dir: PathBuf,
@@ -78,6 +81,13 @@ pub enum Command {
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// Resolution of a generated configuration, one incremental change, and Get latency
+    /// while changes are being resolved.
+    Resolve(crate::bench::ResolveBench),
 }
 
 /// Labels a client command sends as its context.

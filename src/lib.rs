@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod client;

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
                     });
             }
             Command::Graph { dir, labels } => cli::graph(&dir, &labels),
+            Command::Bench(cli::Bench::Resolve(bench)) => veltrix_sidecar::bench::resolve(&bench).await,
         }
         .map(|()| ExitCode::SUCCESS)
         .or_else(|error| {

@@ -17,9 +17,13 @@ use std::{
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::{resolve::Labels, source::SourceEvent, store::Publisher};
+use crate::{
+    resolve::Labels,
+    source::{SourceEvent, Update},
+    store::Publisher,
+};
 
 /// What Status reports about the upstream.
 #[derive(Debug, Clone, Default)]
@@ -52,15 +56,37 @@ impl Upstream {
     }
 }
 
+/// What turns a source update into a publication: owned by the loop, lent to a blocking
+/// thread for each update so that resolving never occupies a thread serving requests.
+struct Applier {
+    pipeline: Pipeline,
+    publisher: Publisher,
+}
+
+impl Applier {
+    fn apply(&mut self, update: Update) {
+        let snapshot = self.publisher.store().snapshot();
+        let outcome = self.pipeline.apply(update, &|key| snapshot.get(key.as_str()).is_some());
+        drop(snapshot);
+        let n_changes = outcome.changes.len();
+        if let Some(revision) = self.publisher.apply(outcome.changes, outcome.modules) {
+            info!(revision, n_changes, "published");
+        }
+        for rejection in self.publisher.set_rejections(outcome.rejections).iter() {
+            warn!(key = %rejection.key, serving_previous = rejection.serving_previous, "config rejected: {rejection}");
+        }
+    }
+}
+
 /// Runs until the source stops or `drain` fires.
 pub async fn run(
     mut events: mpsc::Receiver<SourceEvent>,
-    mut publisher: Publisher,
+    publisher: Publisher,
     upstream: Arc<Upstream>,
     labels: Labels,
     drain: CancellationToken,
 ) {
-    let mut pipeline = Pipeline::new(labels);
+    let mut applier = Applier { pipeline: Pipeline::new(labels), publisher };
     loop {
         let event = tokio::select! {
             _ = drain.cancelled() => return,
@@ -71,16 +97,17 @@ pub async fn run(
         };
         match event {
             SourceEvent::Update(update) => {
-                let snapshot = publisher.store().snapshot();
-                let outcome = pipeline.apply(update, &|key| snapshot.get(key.as_str()).is_some());
-                drop(snapshot);
-                let n_changes = outcome.changes.len();
-                if let Some(revision) = publisher.apply(outcome.changes, outcome.modules) {
-                    info!(revision, n_changes, "published");
-                }
-                for rejection in publisher.set_rejections(outcome.rejections).iter() {
-                    warn!(key = %rejection.key, serving_previous = rejection.serving_previous, "config rejected: {rejection}");
-                }
+                let applied = tokio::task::spawn_blocking(move || {
+                    applier.apply(update);
+                    applier
+                });
+                applier = match applied.await {
+                    Ok(applier) => applier,
+                    Err(error) => {
+                        error!(%error, "applying an update failed; serving the last published config from now on");
+                        return;
+                    }
+                };
                 upstream.update(|state| {
                     state.healthy = true;
                     state.last_sync = Some(SystemTime::now());
