@@ -25,15 +25,15 @@ use tonic::transport::{
     server::{Router, TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     api::{ApiLimits, ConfigApi, ConfigServiceServer, proto},
     config::{Settings, SourceUri},
     resolve::Labels,
     source::file::{FileSource, FileSourceSettings},
-    store::{Store, StoreLimits},
-    sync::{self, Upstream},
+    store::{Publisher, Store, StoreLimits},
+    sync::{self, LastKnownGood, Upstream, last_known_good::StateFile},
 };
 
 /// HTTP/2 pings on idle connections, so that a dead peer or a silently dropped
@@ -60,12 +60,6 @@ pub enum AppError {
     },
     #[error("unix socket {0} is in use by a running process")]
     SocketInUse(PathBuf),
-    #[error("cannot open source {uri}: {source}")]
-    Source {
-        uri: String,
-        #[source]
-        source: io::Error,
-    },
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
@@ -177,10 +171,26 @@ pub fn serve(
     servers
 }
 
+/// Serves the state an earlier run saved, before the upstream is reached. A damaged or
+/// foreign state is reported and ignored: the sidecar then waits for the upstream.
+fn restore_last_known_good(last_known_good: &LastKnownGood, publisher: &mut Publisher, upstream: &Upstream) {
+    match last_known_good.file.load(&last_known_good.source) {
+        Ok(Some(state)) => {
+            let (entries, modules) = state.restore();
+            if publisher.restore(state.revision, entries, modules) {
+                upstream.update(|upstream| upstream.serving_from_last_known_good = true);
+                info!(revision = state.revision, path = %last_known_good.file.path().display(), "serving the last-known-good state; upstream not yet reached");
+            }
+        }
+        Ok(None) => {}
+        Err(error) => error!(%error, "ignoring the last-known-good state; waiting for the upstream"),
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains for at most `settings.drain_grace`.
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let drain = CancellationToken::new();
-    let (store, publisher) =
+    let (store, mut publisher) =
         Store::new(StoreLimits { history: settings.history, watch_backlog: settings.watch_backlog });
     let upstream = Arc::new(Upstream::new(settings.source.kind(), settings.source.to_string()));
 
@@ -190,13 +200,25 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future
             debounce: settings.debounce,
             rescan_interval: settings.rescan_interval,
             max_document_bytes: settings.max_document_bytes,
-        })
-        .map_err(|source| AppError::Source { uri: settings.source.to_string(), source })?,
+        }),
     };
+    let last_known_good = settings
+        .state_dir
+        .as_deref()
+        .map(|dir| LastKnownGood { file: StateFile::in_dir(dir), source: settings.source.to_string() });
+    if let Some(last_known_good) = &last_known_good {
+        restore_last_known_good(last_known_good, &mut publisher, &upstream);
+    }
     let (events_tx, events_rx) = mpsc::channel(16);
     let source_task = tokio::spawn(source.run(events_tx, drain.clone()));
-    let sync_task =
-        tokio::spawn(sync::run(events_rx, publisher, upstream.clone(), settings.labels.clone(), drain.clone()));
+    let sync_task = tokio::spawn(sync::run(
+        events_rx,
+        publisher,
+        upstream.clone(),
+        settings.labels.clone(),
+        last_known_good,
+        drain.clone(),
+    ));
 
     let limits = ApiLimits {
         max_keys_per_request: settings.max_keys_per_request,

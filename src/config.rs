@@ -151,7 +151,9 @@ impl RawSettings {
 
     /// Applies defaults and checks every setting.
     pub fn validate(self) -> Result<Settings, SettingsError> {
-        let source = parse_source(self.source.as_deref().unwrap_or(DEFAULT_SOURCE))?;
+        // With a state directory, a source directory that is missing at start is an
+        // upstream outage that the last-known-good state covers; without one, a mistake.
+        let source = parse_source(self.source.as_deref().unwrap_or(DEFAULT_SOURCE), self.state_dir.is_none())?;
         let listen = match self.listen.as_deref().unwrap_or(DEFAULT_LISTEN) {
             "" | "none" => None,
             text => Some(parse_loopback(text)?),
@@ -198,12 +200,15 @@ impl RawSettings {
     }
 }
 
-fn parse_source(text: &str) -> Result<SourceUri, SettingsError> {
+fn parse_source(text: &str, must_exist: bool) -> Result<SourceUri, SettingsError> {
     let (scheme, rest) = text.split_once("://").unwrap_or(("file", text));
     match scheme {
         "file" => {
             let dir = PathBuf::from(rest);
-            if !dir.is_dir() {
+            if rest.is_empty() {
+                return Err(invalid("source", "file:// needs a directory"));
+            }
+            if must_exist && !dir.is_dir() {
                 let hint = if text == DEFAULT_SOURCE {
                     " (the default is the example config in the repository: run from its top directory or pass --source file://DIR)"
                 } else {

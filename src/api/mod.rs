@@ -290,7 +290,7 @@ impl ConfigService for ConfigApi {
             revision: snapshot.revision,
             keys: snapshot.entries.len() as u64,
             rejections: rejections.iter().map(rejection_to_proto).collect(),
-            serving_from_last_known_good: false,
+            serving_from_last_known_good: upstream.serving_from_last_known_good,
             watchers: u32::try_from(n_watchers).unwrap_or(u32::MAX),
             lagged_resyncs: self.store.lagged_resyncs.load(std::sync::atomic::Ordering::Relaxed),
             labels: self.labels.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),

@@ -75,35 +75,29 @@ struct Found {
 
 pub struct FileSource {
     settings: FileSourceSettings,
-    /// The canonical root, against which symlink targets are checked.
-    root: PathBuf,
     known: BTreeMap<String, Seen>,
 }
 
 impl FileSource {
-    pub fn new(settings: FileSourceSettings) -> io::Result<FileSource> {
-        let root = fs::canonicalize(&settings.root)?;
-        if !fs::metadata(&root)?.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
-        }
-        Ok(FileSource { settings, root, known: BTreeMap::new() })
+    /// A directory that is missing or unreadable is an upstream outage: reported, and
+    /// retried at every rescan.
+    pub fn new(settings: FileSourceSettings) -> FileSource {
+        FileSource { settings, known: BTreeMap::new() }
     }
 
     /// Follows the directory until `drain` fires.
     pub async fn run(mut self, events: mpsc::Sender<SourceEvent>, drain: CancellationToken) {
         let doorbell = Arc::new(Notify::new());
-        // The watcher stops when dropped, at the end of this function.
-        let _watcher = match self.watch(doorbell.clone()) {
-            Ok(watcher) => Some(watcher),
-            Err(error) => {
-                warn!(root = %self.root.display(), %error, "cannot watch the config directory; only periodic rescans will see changes");
-                None
-            }
-        };
+        // Dropping the watcher stops it. It is made again after a failed walk, since the
+        // directory may have been replaced.
+        let mut watcher = None;
         // The first walk, and the first after a failed one, report the whole directory:
         // what vanished in between must not linger.
         let mut full = true;
         loop {
+            if watcher.is_none() {
+                watcher = self.watch(doorbell.clone());
+            }
             let event = match self.rescan(full).await {
                 Ok(Some(update)) => {
                     full = false;
@@ -112,7 +106,8 @@ impl FileSource {
                 Ok(None) => None,
                 Err(error) => {
                     full = true;
-                    Some(SourceEvent::Unhealthy(format!("{}: {error}", self.root.display())))
+                    watcher = None;
+                    Some(SourceEvent::Unhealthy(format!("{}: {error}", self.settings.root.display())))
                 }
             };
             if let Some(event) = event {
@@ -128,15 +123,23 @@ impl FileSource {
         }
     }
 
-    fn watch(&self, doorbell: Arc<Notify>) -> notify::Result<notify::RecommendedWatcher> {
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    /// `None` when the directory cannot be watched (yet); periodic rescans still run.
+    fn watch(&self, doorbell: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+        let root = &self.settings.root;
+        let watched = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Err(error) = &event {
                 debug!(%error, "file notification error; rescanning");
             }
             doorbell.notify_one();
-        })?;
-        watcher.watch(&self.root, RecursiveMode::Recursive)?;
-        Ok(watcher)
+        })
+        .and_then(|mut watcher| watcher.watch(root, RecursiveMode::Recursive).map(|()| watcher));
+        match watched {
+            Ok(watcher) => Some(watcher),
+            Err(error) => {
+                debug!(root = %root.display(), %error, "cannot watch the config directory; relying on rescans");
+                None
+            }
+        }
     }
 
     /// Waits for a burst of notifications to go quiet, bounded so that a directory that
@@ -157,13 +160,15 @@ impl FileSource {
     /// `Ok(None)` when nothing changed; a full walk is always reported, so that an empty
     /// directory is still a state.
     async fn rescan(&mut self, full: bool) -> io::Result<Option<Update>> {
-        let root = self.root.clone();
+        let root = self.settings.root.clone();
         let max = self.settings.max_document_bytes;
         // Emptied for a full walk, and left empty if the walk fails, so that the next
         // successful one reads everything.
         let known = std::mem::take(&mut self.known);
         let known = if full { Known::new() } else { known };
         let (known, update) = tokio::task::spawn_blocking(move || {
+            // Canonical, so that symlink targets can be checked against it.
+            let root = fs::canonicalize(&root)?;
             let mut found = BTreeMap::new();
             walk(&root, &root, "", &mut found)?;
             Ok::<_, io::Error>(diff_and_read(known, found, max))

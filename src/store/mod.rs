@@ -237,6 +237,26 @@ impl Publisher {
         Some(revision)
     }
 
+    /// Publishes a state saved by an earlier run, at the revision it had then, so that
+    /// revisions keep increasing across restarts. Only before anything else is published.
+    pub fn restore(
+        &mut self,
+        revision: Revision,
+        entries: BTreeMap<Key, Option<Arc<Value>>>,
+        modules: Modules,
+    ) -> bool {
+        if self.store.snapshot().is_ready() || revision == 0 {
+            return false;
+        }
+        let entries = entries
+            .into_iter()
+            .filter_map(|(key, value)| Some((key.clone(), Arc::new(Entry::new(key, value?, revision)))))
+            .collect();
+        self.store.current.store(Arc::new(Snapshot { revision, entries, modules: Arc::new(modules) }));
+        self.store.ready.send_replace(true);
+        true
+    }
+
     /// Replaces the set of rejected modules. Rejections that are new (or whose reason
     /// changed) are announced to watchers, and returned.
     pub fn set_rejections(&mut self, rejections: Vec<Rejection>) -> Arc<[Rejection]> {

@@ -6,6 +6,7 @@
 //! value, and a source error never clears what is served.
 
 mod documents;
+pub mod last_known_good;
 mod pipeline;
 
 pub use pipeline::{Outcome, Pipeline};
@@ -23,6 +24,7 @@ use crate::{
     resolve::Labels,
     source::{SourceEvent, Update},
     store::Publisher,
+    sync::last_known_good::{SavedState, StateFile},
 };
 
 /// What Status reports about the upstream.
@@ -31,6 +33,8 @@ pub struct UpstreamState {
     pub healthy: bool,
     pub last_sync: Option<SystemTime>,
     pub error: Option<String>,
+    /// Serving what an earlier run saved; cleared by the first update from the upstream.
+    pub serving_from_last_known_good: bool,
 }
 
 /// Shared between the sync loop (writer) and Status (reader); held only to copy.
@@ -51,7 +55,7 @@ impl Upstream {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
-    fn update(&self, change: impl FnOnce(&mut UpstreamState)) {
+    pub fn update(&self, change: impl FnOnce(&mut UpstreamState)) {
         change(&mut self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
     }
 }
@@ -61,19 +65,47 @@ impl Upstream {
 struct Applier {
     pipeline: Pipeline,
     publisher: Publisher,
+    last_known_good: Option<LastKnownGood>,
+}
+
+/// Where accepted states are saved, and the source they belong to.
+pub struct LastKnownGood {
+    pub file: StateFile,
+    pub source: String,
 }
 
 impl Applier {
     fn apply(&mut self, update: Update) {
         let snapshot = self.publisher.store().snapshot();
-        let outcome = self.pipeline.apply(update, &|key| snapshot.get(key.as_str()).is_some());
+        let full = update.full;
+        let mut outcome = self.pipeline.apply(update, &|key| snapshot.get(key.as_str()).is_some());
+        if full {
+            // A full update is the whole upstream: whatever is served without a module
+            // behind it any more (kept from a last-known-good state, say) goes.
+            let modules = self.pipeline.resolver().modules();
+            for key in snapshot.entries.keys() {
+                if modules.get(key).is_none_or(|docs| docs.base.is_none()) {
+                    outcome.changes.insert(key.clone(), None);
+                }
+            }
+        }
         drop(snapshot);
+        // Rejections first: a client that sees the change-set and then asks Status must
+        // find the rejections that came with it.
+        for rejection in self.publisher.set_rejections(outcome.rejections).iter() {
+            warn!(key = %rejection.key, serving_previous = rejection.serving_previous, "config rejected: {rejection}");
+        }
         let n_changes = outcome.changes.len();
         if let Some(revision) = self.publisher.apply(outcome.changes, outcome.modules) {
             info!(revision, n_changes, "published");
-        }
-        for rejection in self.publisher.set_rejections(outcome.rejections).iter() {
-            warn!(key = %rejection.key, serving_previous = rejection.serving_previous, "config rejected: {rejection}");
+            if let Some(last_known_good) = &self.last_known_good {
+                let snapshot = self.publisher.store().snapshot();
+                let entries = snapshot.entries.iter().map(|(key, entry)| (key.to_string(), (*entry.value).clone()));
+                let state = SavedState::new(&last_known_good.source, revision, entries, &snapshot.modules);
+                if let Err(error) = last_known_good.file.save(&state) {
+                    warn!(%error, "cannot save the last-known-good state; the previous one stays");
+                }
+            }
         }
     }
 }
@@ -84,9 +116,10 @@ pub async fn run(
     publisher: Publisher,
     upstream: Arc<Upstream>,
     labels: Labels,
+    last_known_good: Option<LastKnownGood>,
     drain: CancellationToken,
 ) {
-    let mut applier = Applier { pipeline: Pipeline::new(labels), publisher };
+    let mut applier = Applier { pipeline: Pipeline::new(labels), publisher, last_known_good };
     loop {
         let event = tokio::select! {
             _ = drain.cancelled() => return,
@@ -112,6 +145,7 @@ pub async fn run(
                     state.healthy = true;
                     state.last_sync = Some(SystemTime::now());
                     state.error = None;
+                    state.serving_from_last_known_good = false;
                 });
             }
             SourceEvent::Unhealthy(error) => {

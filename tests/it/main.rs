@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod files;
+mod last_known_good;
 mod resolve;
 mod support;
 mod watch;
