@@ -12,6 +12,7 @@ use std::{env, error::Error, fs, path::PathBuf};
 use prost::Message;
 
 const PROTO: &str = "proto/veltrix/config/v1/config.proto";
+const ETCD_PROTO: &str = "proto/etcd/api/etcdserverpb/rpc.proto";
 const PACKAGE: &str = "veltrix.config.v1";
 const SERVICE: &str = "ConfigService";
 /// Replies whose entries the store encodes once per change: (proto message, `api::wire` type).
@@ -20,6 +21,7 @@ const PRE_ENCODED: &[(&str, &str)] =
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO}");
+    println!("cargo:rerun-if-changed=proto/etcd");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
     let fds = protox::compile([PROTO], ["proto"])?;
@@ -57,6 +59,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         service = service.method(builder.build());
     }
+    // The etcd v3 API, for the etcd source: clients only.
+    let etcd_fds = protox::compile([ETCD_PROTO], ["proto"])?;
+    tonic_prost_build::configure().build_server(false).compile_fds(etcd_fds)?;
+
     tonic_build::manual::Builder::new().build_client(false).out_dir(&out_dir).compile(&[service.build()]);
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::mpsc,
@@ -31,7 +31,12 @@ use crate::{
     api::{ApiLimits, ConfigApi, ConfigServiceServer, proto},
     config::{Settings, SourceUri},
     resolve::Labels,
-    source::file::{FileSource, FileSourceSettings},
+    source::{
+        SourceEvent,
+        etcd::{EtcdSettings, EtcdSource},
+        file::{FileSource, FileSourceSettings},
+        follow,
+    },
     store::{Publisher, Store, StoreLimits},
     sync::{self, LastKnownGood, Upstream, last_known_good::StateFile},
 };
@@ -171,6 +176,33 @@ pub fn serve(
     servers
 }
 
+/// Starts following the upstream the settings name.
+fn spawn_source(settings: &Settings, events: mpsc::Sender<SourceEvent>, drain: CancellationToken) -> JoinHandle<()> {
+    let upstream = &settings.upstream;
+    match &settings.source {
+        SourceUri::File(root) => {
+            let source = FileSource::new(FileSourceSettings {
+                root: root.clone(),
+                debounce: settings.debounce,
+                rescan_interval: settings.rescan_interval,
+                max_document_bytes: settings.max_document_bytes,
+            });
+            tokio::spawn(source.run(events, drain))
+        }
+        SourceUri::Etcd { endpoints, prefix } => {
+            let source = EtcdSource::new(EtcdSettings {
+                endpoints: endpoints.clone(),
+                prefix: prefix.clone(),
+                credentials: upstream.credentials.clone(),
+                tls: upstream.tls.clone(),
+                connect_timeout: upstream.connect_timeout,
+                max_document_bytes: settings.max_document_bytes,
+            });
+            tokio::spawn(follow(source, events, upstream.backoff.clone(), drain))
+        }
+    }
+}
+
 /// Serves the state an earlier run saved, before the upstream is reached. A damaged or
 /// foreign state is reported and ignored: the sidecar then waits for the upstream.
 fn restore_last_known_good(last_known_good: &LastKnownGood, publisher: &mut Publisher, upstream: &Upstream) {
@@ -194,14 +226,6 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future
         Store::new(StoreLimits { history: settings.history, watch_backlog: settings.watch_backlog });
     let upstream = Arc::new(Upstream::new(settings.source.kind(), settings.source.to_string()));
 
-    let source = match &settings.source {
-        SourceUri::File(root) => FileSource::new(FileSourceSettings {
-            root: root.clone(),
-            debounce: settings.debounce,
-            rescan_interval: settings.rescan_interval,
-            max_document_bytes: settings.max_document_bytes,
-        }),
-    };
     let last_known_good = settings
         .state_dir
         .as_deref()
@@ -210,7 +234,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future
         restore_last_known_good(last_known_good, &mut publisher, &upstream);
     }
     let (events_tx, events_rx) = mpsc::channel(16);
-    let source_task = tokio::spawn(source.run(events_tx, drain.clone()));
+    let source_task = spawn_source(&settings, events_tx, drain.clone());
     let sync_task = tokio::spawn(sync::run(
         events_rx,
         publisher,

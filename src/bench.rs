@@ -199,6 +199,7 @@ async fn get_latency(bench: &ResolveBench, modules: &[(String, Value)]) -> anyho
     let text = |value: &Value| Ok::<_, std::convert::Infallible>(Bytes::from(value.to_string()));
     let initial = Update {
         full: true,
+        upstream_revision: None,
         changes: modules
             .iter()
             .map(|(key, value)| (format!("{key}.json"), Some(text(value).map_err(|e| e.to_string()))))
@@ -248,6 +249,7 @@ async fn get_latency(bench: &ResolveBench, modules: &[(String, Value)]) -> anyho
                 round += 1;
                 let update = Update {
                     full: false,
+                    upstream_revision: None,
                     changes: [(format!("{key}.json"), Some(Ok(Bytes::from(value.to_string()))))].into(),
                 };
                 let snapshot = publisher.store().snapshot();

@@ -160,6 +160,33 @@ pub struct ServeArgs {
     /// Bytes of values resolved under request labels kept in memory. [default: 67108864]
     #[arg(long, env = "VELTRIX_CONTEXT_CACHE_BYTES")]
     pub context_cache_bytes: Option<u64>,
+    /// User for the upstream (etcd).
+    #[arg(long, env = "VELTRIX_UPSTREAM_USER")]
+    pub upstream_user: Option<String>,
+    /// Password for the upstream; prefer --upstream-password-file.
+    #[arg(long, env = "VELTRIX_UPSTREAM_PASSWORD", hide_env_values = true)]
+    pub upstream_password: Option<String>,
+    /// File holding the upstream password.
+    #[arg(long, env = "VELTRIX_UPSTREAM_PASSWORD_FILE")]
+    pub upstream_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the upstream; turns TLS on.
+    #[arg(long, env = "VELTRIX_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for the upstream.
+    #[arg(long, env = "VELTRIX_UPSTREAM_CERT")]
+    pub upstream_cert: Option<PathBuf>,
+    /// Key (PEM) of the client certificate.
+    #[arg(long, env = "VELTRIX_UPSTREAM_KEY")]
+    pub upstream_key: Option<PathBuf>,
+    /// Timeout of one connection attempt to the upstream. [default: 3s]
+    #[arg(long, env = "VELTRIX_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<String>,
+    /// First wait before reconnecting to the upstream, doubled up to --backoff-max. [default: 100ms]
+    #[arg(long, env = "VELTRIX_BACKOFF_MIN")]
+    pub backoff_min: Option<String>,
+    /// Longest wait before reconnecting to the upstream. [default: 10s]
+    #[arg(long, env = "VELTRIX_BACKOFF_MAX")]
+    pub backoff_max: Option<String>,
     /// How long shutdown waits for open requests and streams. [default: 5s]
     #[arg(long, env = "VELTRIX_DRAIN_GRACE")]
     pub drain_grace: Option<String>,
@@ -192,6 +219,15 @@ impl ServeArgs {
             rescan_interval: self.rescan_interval.clone(),
             max_document_bytes: self.max_document_bytes,
             context_cache_bytes: self.context_cache_bytes,
+            upstream_user: self.upstream_user.clone(),
+            upstream_password: self.upstream_password.clone(),
+            upstream_password_file: self.upstream_password_file.clone(),
+            upstream_ca: self.upstream_ca.clone(),
+            upstream_cert: self.upstream_cert.clone(),
+            upstream_key: self.upstream_key.clone(),
+            connect_timeout: self.connect_timeout.clone(),
+            backoff_min: self.backoff_min.clone(),
+            backoff_max: self.backoff_max.clone(),
             drain_grace: self.drain_grace.clone(),
         };
         Ok(flags.over(file))
@@ -292,6 +328,9 @@ pub async fn status(client: &ClientArgs) -> anyhow::Result<()> {
         println!("last sync: {last_sync}");
     }
     println!("revision:  {}", status.revision);
+    if status.upstream_revision > 0 {
+        println!("upstream revision: {}", status.upstream_revision);
+    }
     println!("keys:      {}", status.keys);
     println!("watchers:  {} ({} collapsed to resync)", status.watchers, status.lagged_resyncs);
     if !status.labels.is_empty() {

@@ -11,10 +11,13 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::{source::etcd::TlsFiles, sync::backoff::Backoff};
+
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub source: SourceUri,
+    pub upstream: UpstreamSettings,
     /// `None` when the TCP listener is turned off.
     pub listen: Option<SocketAddr>,
     /// `None` when the unix socket is turned off.
@@ -40,12 +43,18 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceUri {
     File(PathBuf),
+    /// Members as `HOST:PORT`, and a key prefix ending with '/'.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
 }
 
 impl SourceUri {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceUri::File(_) => "file",
+            SourceUri::Etcd { .. } => "etcd",
         }
     }
 }
@@ -54,8 +63,20 @@ impl std::fmt::Display for SourceUri {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SourceUri::File(dir) => write!(f, "file://{}", dir.display()),
+            SourceUri::Etcd { endpoints, prefix } => write!(f, "etcd://{}{prefix}", endpoints.join(",")),
         }
     }
+}
+
+/// How to reach a network upstream: credentials, TLS, timeouts, backoff.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// User and password.
+    pub credentials: Option<(String, String)>,
+    pub tls: Option<TlsFiles>,
+    pub connect_timeout: Duration,
+    /// Between failed sessions with the upstream.
+    pub backoff: Backoff,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -97,6 +118,15 @@ pub struct RawSettings {
     pub max_document_bytes: Option<u64>,
     pub context_cache_bytes: Option<u64>,
     pub drain_grace: Option<String>,
+    pub upstream_user: Option<String>,
+    pub upstream_password: Option<String>,
+    pub upstream_password_file: Option<PathBuf>,
+    pub upstream_ca: Option<PathBuf>,
+    pub upstream_cert: Option<PathBuf>,
+    pub upstream_key: Option<PathBuf>,
+    pub connect_timeout: Option<String>,
+    pub backoff_min: Option<String>,
+    pub backoff_max: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +176,15 @@ impl RawSettings {
             max_document_bytes: self.max_document_bytes.or(base.max_document_bytes),
             context_cache_bytes: self.context_cache_bytes.or(base.context_cache_bytes),
             drain_grace: self.drain_grace.or(base.drain_grace),
+            upstream_user: self.upstream_user.or(base.upstream_user),
+            upstream_password: self.upstream_password.or(base.upstream_password),
+            upstream_password_file: self.upstream_password_file.or(base.upstream_password_file),
+            upstream_ca: self.upstream_ca.or(base.upstream_ca),
+            upstream_cert: self.upstream_cert.or(base.upstream_cert),
+            upstream_key: self.upstream_key.or(base.upstream_key),
+            connect_timeout: self.connect_timeout.or(base.connect_timeout),
+            backoff_min: self.backoff_min.or(base.backoff_min),
+            backoff_max: self.backoff_max.or(base.backoff_max),
         }
     }
 
@@ -175,12 +214,14 @@ impl RawSettings {
             std::fs::create_dir_all(dir)
                 .map_err(|error| invalid("state-dir", format!("cannot create {}: {error}", dir.display())))?;
         }
+        let upstream = self.upstream_settings()?;
         let labels = self.labels.unwrap_or_default();
         for (name, value) in &labels {
             check_label(name, value)?;
         }
         let settings = Settings {
             source,
+            upstream,
             listen,
             socket,
             state_dir: self.state_dir,
@@ -197,6 +238,59 @@ impl RawSettings {
             drain_grace: duration("drain-grace", self.drain_grace.as_deref().unwrap_or("5s"))?,
         };
         Ok(settings)
+    }
+}
+
+impl RawSettings {
+    fn upstream_settings(&self) -> Result<UpstreamSettings, SettingsError> {
+        let password = match (&self.upstream_password, &self.upstream_password_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("upstream-password", "give the password or a file holding it, not both"));
+            }
+            (Some(password), None) => Some(password.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|error| invalid("upstream-password-file", format!("{}: {error}", path.display())))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let credentials = match (&self.upstream_user, password) {
+            (Some(user), Some(password)) => Some((user.clone(), password)),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("upstream-user", "needs a password too")),
+            (None, Some(_)) => return Err(invalid("upstream-password", "needs a user too")),
+        };
+        for (setting, path) in [
+            ("upstream-ca", &self.upstream_ca),
+            ("upstream-cert", &self.upstream_cert),
+            ("upstream-key", &self.upstream_key),
+        ] {
+            if let Some(path) = path.as_ref().filter(|path| !path.is_file()) {
+                return Err(invalid(setting, format!("{} is not a file", path.display())));
+            }
+        }
+        let identity = match (&self.upstream_cert, &self.upstream_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err(invalid("upstream-cert", "a client certificate needs its key, and the other way round")),
+        };
+        let tls = match (&self.upstream_ca, identity) {
+            (Some(ca), identity) => Some(TlsFiles { ca: ca.clone(), identity }),
+            (None, None) => None,
+            (None, Some(_)) => return Err(invalid("upstream-ca", "a client certificate needs the CA too")),
+        };
+        let backoff_min = duration("backoff-min", self.backoff_min.as_deref().unwrap_or("100ms"))?;
+        let backoff_max = duration("backoff-max", self.backoff_max.as_deref().unwrap_or("10s"))?;
+        let backoff =
+            Backoff::new(backoff_min, backoff_max).map_err(|error| invalid("backoff-min", error.to_string()))?;
+        Ok(UpstreamSettings {
+            credentials,
+            tls,
+            connect_timeout: duration("connect-timeout", self.connect_timeout.as_deref().unwrap_or("3s"))?,
+            backoff,
+        })
     }
 }
 
@@ -218,7 +312,30 @@ fn parse_source(text: &str, must_exist: bool) -> Result<SourceUri, SettingsError
             }
             Ok(SourceUri::File(dir))
         }
-        other => Err(invalid("source", format!("unsupported scheme {other:?} in {text:?}; supported: file://DIR"))),
+        "etcd" => {
+            let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let endpoints: Vec<String> = hosts.split(',').filter(|host| !host.is_empty()).map(str::to_owned).collect();
+            if endpoints.is_empty() {
+                return Err(invalid(
+                    "source",
+                    format!("{text:?} names no etcd endpoint; etcd://HOST:PORT[,HOST:PORT]/PREFIX"),
+                ));
+            }
+            for endpoint in &endpoints {
+                let (_, port) = endpoint
+                    .rsplit_once(':')
+                    .ok_or_else(|| invalid("source", format!("etcd endpoint {endpoint:?} is not HOST:PORT")))?;
+                port.parse::<u16>()
+                    .map_err(|_| invalid("source", format!("etcd endpoint {endpoint:?} has no valid port")))?;
+            }
+            let path = path.trim_end_matches('/');
+            let prefix = if path.is_empty() { "/".to_owned() } else { format!("/{path}/") };
+            Ok(SourceUri::Etcd { endpoints, prefix })
+        }
+        other => Err(invalid(
+            "source",
+            format!("unsupported scheme {other:?} in {text:?}; supported: file://DIR, etcd://HOST:PORT[,...]/PREFIX"),
+        )),
     }
 }
 

@@ -296,6 +296,7 @@ impl ConfigService for ConfigApi {
             labels: self.labels.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),
             upstream_error: upstream.error.unwrap_or_default(),
             context_cache_entries: self.context.entry_count(),
+            upstream_revision: upstream.revision.unwrap_or(0),
         }))
     }
 

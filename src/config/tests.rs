@@ -68,6 +68,24 @@ fn bad_settings_name_the_setting() {
 }
 
 #[test]
+fn etcd_sources() {
+    let settings = RawSettings {
+        source: Some("etcd://127.0.0.1:2379,127.0.0.1:2479/veltrix/config/".into()),
+        ..raw_with_source()
+    }
+    .validate()
+    .expect("valid");
+    assert_eq!(
+        settings.source,
+        SourceUri::Etcd {
+            endpoints: vec!["127.0.0.1:2379".into(), "127.0.0.1:2479".into()],
+            prefix: "/veltrix/config/".into()
+        }
+    );
+    assert_eq!(settings.source.to_string(), "etcd://127.0.0.1:2379,127.0.0.1:2479/veltrix/config/");
+}
+
+#[test]
 fn labels() {
     assert_eq!(parse_label("region=eu").ok(), Some(("region".to_owned(), "eu".to_owned())));
     assert!(parse_label("region").is_err());

@@ -1,11 +1,21 @@
 //! Upstream sources of truth. A source only reads upstream and reports what changed, as
 //! named documents; parsing, resolution and publishing happen in the sync loop.
+//!
+//! The file source follows its directory by itself. Network sources implement
+//! [`Source`]: one session at a time, which reports the upstream state and then every
+//! change; [`follow`] runs sessions back to back with backoff between failures.
 
+pub mod etcd;
 pub mod file;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, future::Future};
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::sync::backoff::Backoff;
 
 /// A document's text, or why the source could not hand it over (too large, unreadable,
 /// outside the config directory). Either way the sync loop decides what is served.
@@ -26,4 +36,77 @@ pub struct Update {
     pub changes: BTreeMap<String, Option<Document>>,
     /// When set, `changes` lists every upstream document and any other is gone.
     pub full: bool,
+    /// The upstream's own revision after this update, where it has one (etcd's
+    /// revision, ZooKeeper's zxid).
+    pub upstream_revision: Option<i64>,
+}
+
+/// Why a session with the upstream ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+impl SourceError {
+    pub fn new(context: &str, error: impl std::fmt::Display) -> SourceError {
+        SourceError(format!("{context}: {error}"))
+    }
+}
+
+/// Hands a session's updates to the sync loop, and notes that the session got somewhere.
+pub struct Reporter {
+    events: mpsc::Sender<SourceEvent>,
+    delivered: bool,
+}
+
+impl Reporter {
+    /// `Err` when the sync loop is gone, which ends the session.
+    pub async fn update(&mut self, update: Update) -> Result<(), SourceError> {
+        self.delivered = true;
+        self.events.send(SourceEvent::Update(update)).await.map_err(|_| SourceError("shutting down".to_owned()))
+    }
+}
+
+pub trait Source: Send {
+    /// The upstream, for logs.
+    fn describe(&self) -> String;
+
+    /// One session: report the upstream's state (or resume after the last update
+    /// reported), then every change, until the session fails. Returns `Ok` only when
+    /// `drain` fired.
+    fn session(
+        &mut self,
+        reporter: &mut Reporter,
+        drain: &CancellationToken,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
+
+/// Runs sessions until `drain` fires. After a failure the upstream is reported
+/// unhealthy, and the next session starts after a jittered backoff, which a session that
+/// delivered anything resets.
+pub async fn follow<S: Source>(
+    mut source: S,
+    events: mpsc::Sender<SourceEvent>,
+    mut backoff: Backoff,
+    drain: CancellationToken,
+) {
+    loop {
+        let mut reporter = Reporter { events: events.clone(), delivered: false };
+        let ended = tokio::select! {
+            _ = drain.cancelled() => return,
+            ended = source.session(&mut reporter, &drain) => ended,
+        };
+        let Err(error) = ended else { return };
+        if reporter.delivered {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        warn!(upstream = %source.describe(), %error, retry_in = ?delay, "upstream session ended");
+        if events.send(SourceEvent::Unhealthy(error.to_string())).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = drain.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
 }

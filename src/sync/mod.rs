@@ -5,6 +5,7 @@
 //! and records upstream health for Status. A rejected document never replaces a served
 //! value, and a source error never clears what is served.
 
+pub mod backoff;
 mod documents;
 pub mod last_known_good;
 mod pipeline;
@@ -35,6 +36,8 @@ pub struct UpstreamState {
     pub error: Option<String>,
     /// Serving what an earlier run saved; cleared by the first update from the upstream.
     pub serving_from_last_known_good: bool,
+    /// The upstream's own revision after the last update applied.
+    pub revision: Option<i64>,
 }
 
 /// Shared between the sync loop (writer) and Status (reader); held only to copy.
@@ -130,6 +133,7 @@ pub async fn run(
         };
         match event {
             SourceEvent::Update(update) => {
+                let upstream_revision = update.upstream_revision;
                 let applied = tokio::task::spawn_blocking(move || {
                     applier.apply(update);
                     applier
@@ -146,6 +150,7 @@ pub async fn run(
                     state.last_sync = Some(SystemTime::now());
                     state.error = None;
                     state.serving_from_last_known_good = false;
+                    state.revision = upstream_revision.or(state.revision);
                 });
             }
             SourceEvent::Unhealthy(error) => {

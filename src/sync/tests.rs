@@ -10,6 +10,7 @@ use crate::{
 fn update(full: bool, items: &[(&str, Option<&str>)]) -> Update {
     Update {
         full,
+        upstream_revision: None,
         changes: items
             .iter()
             .map(|(name, text)| (name.to_string(), text.map(|text| Ok(Bytes::from(text.to_owned())))))

@@ -23,7 +23,7 @@ fn bad_settings_exit_64_with_a_message_naming_the_setting() {
     let cases: &[(&[&str], &str)] = &[
         (&["serve", "--source", source, "--listen", "0.0.0.0:7070"], "0.0.0.0:7070 is not a loopback address"),
         (&["serve", "--source", "/no/such/dir", "--socket", "none"], "source: /no/such/dir is not a directory"),
-        (&["serve", "--source", "etcd://127.0.0.1:2379/cfg"], "unsupported scheme \"etcd\""),
+        (&["serve", "--source", "consul://127.0.0.1:8500/cfg"], "unsupported scheme \"consul\""),
         (
             &["serve", "--source", source, "--progress-interval", "soon"],
             "progress-interval: \"soon\" is not a duration",

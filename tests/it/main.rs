@@ -3,8 +3,10 @@
 
 mod api;
 mod cli;
+mod etcd;
 mod files;
 mod last_known_good;
 mod resolve;
+mod services;
 mod support;
 mod watch;
