@@ -36,6 +36,7 @@ use crate::{
         etcd::{EtcdSettings, EtcdSource},
         file::{FileSource, FileSourceSettings},
         follow,
+        zookeeper::{ZooKeeperSettings, ZooKeeperSource},
     },
     store::{Publisher, Store, StoreLimits},
     sync::{self, LastKnownGood, Upstream, last_known_good::StateFile},
@@ -195,6 +196,16 @@ fn spawn_source(settings: &Settings, events: mpsc::Sender<SourceEvent>, drain: C
                 prefix: prefix.clone(),
                 credentials: upstream.credentials.clone(),
                 tls: upstream.tls.clone(),
+                connect_timeout: upstream.connect_timeout,
+                max_document_bytes: settings.max_document_bytes,
+            });
+            tokio::spawn(follow(source, events, upstream.backoff.clone(), drain))
+        }
+        SourceUri::ZooKeeper { servers, root } => {
+            let source = ZooKeeperSource::new(ZooKeeperSettings {
+                servers: servers.join(","),
+                root: root.clone(),
+                session_timeout: upstream.session_timeout,
                 connect_timeout: upstream.connect_timeout,
                 max_document_bytes: settings.max_document_bytes,
             });

@@ -181,6 +181,9 @@ pub struct ServeArgs {
     /// Timeout of one connection attempt to the upstream. [default: 3s]
     #[arg(long, env = "VELTRIX_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<String>,
+    /// ZooKeeper session timeout. [default: 10s]
+    #[arg(long, env = "VELTRIX_SESSION_TIMEOUT")]
+    pub session_timeout: Option<String>,
     /// First wait before reconnecting to the upstream, doubled up to --backoff-max. [default: 100ms]
     #[arg(long, env = "VELTRIX_BACKOFF_MIN")]
     pub backoff_min: Option<String>,
@@ -226,6 +229,7 @@ impl ServeArgs {
             upstream_cert: self.upstream_cert.clone(),
             upstream_key: self.upstream_key.clone(),
             connect_timeout: self.connect_timeout.clone(),
+            session_timeout: self.session_timeout.clone(),
             backoff_min: self.backoff_min.clone(),
             backoff_max: self.backoff_max.clone(),
             drain_grace: self.drain_grace.clone(),

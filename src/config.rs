@@ -48,6 +48,11 @@ pub enum SourceUri {
         endpoints: Vec<String>,
         prefix: String,
     },
+    /// Servers as `HOST:PORT`, and the subtree's root without a trailing '/'.
+    ZooKeeper {
+        servers: Vec<String>,
+        root: String,
+    },
 }
 
 impl SourceUri {
@@ -55,6 +60,7 @@ impl SourceUri {
         match self {
             SourceUri::File(_) => "file",
             SourceUri::Etcd { .. } => "etcd",
+            SourceUri::ZooKeeper { .. } => "zookeeper",
         }
     }
 }
@@ -64,6 +70,7 @@ impl std::fmt::Display for SourceUri {
         match self {
             SourceUri::File(dir) => write!(f, "file://{}", dir.display()),
             SourceUri::Etcd { endpoints, prefix } => write!(f, "etcd://{}{prefix}", endpoints.join(",")),
+            SourceUri::ZooKeeper { servers, root } => write!(f, "zk://{}{root}", servers.join(",")),
         }
     }
 }
@@ -75,6 +82,8 @@ pub struct UpstreamSettings {
     pub credentials: Option<(String, String)>,
     pub tls: Option<TlsFiles>,
     pub connect_timeout: Duration,
+    /// ZooKeeper's session timeout: how long the ensemble keeps a silent session.
+    pub session_timeout: Duration,
     /// Between failed sessions with the upstream.
     pub backoff: Backoff,
 }
@@ -125,6 +134,7 @@ pub struct RawSettings {
     pub upstream_cert: Option<PathBuf>,
     pub upstream_key: Option<PathBuf>,
     pub connect_timeout: Option<String>,
+    pub session_timeout: Option<String>,
     pub backoff_min: Option<String>,
     pub backoff_max: Option<String>,
 }
@@ -183,6 +193,7 @@ impl RawSettings {
             upstream_cert: self.upstream_cert.or(base.upstream_cert),
             upstream_key: self.upstream_key.or(base.upstream_key),
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
+            session_timeout: self.session_timeout.or(base.session_timeout),
             backoff_min: self.backoff_min.or(base.backoff_min),
             backoff_max: self.backoff_max.or(base.backoff_max),
         }
@@ -289,6 +300,7 @@ impl RawSettings {
             credentials,
             tls,
             connect_timeout: duration("connect-timeout", self.connect_timeout.as_deref().unwrap_or("3s"))?,
+            session_timeout: duration("session-timeout", self.session_timeout.as_deref().unwrap_or("10s"))?,
             backoff,
         })
     }
@@ -313,30 +325,37 @@ fn parse_source(text: &str, must_exist: bool) -> Result<SourceUri, SettingsError
             Ok(SourceUri::File(dir))
         }
         "etcd" => {
-            let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
-            let endpoints: Vec<String> = hosts.split(',').filter(|host| !host.is_empty()).map(str::to_owned).collect();
-            if endpoints.is_empty() {
-                return Err(invalid(
-                    "source",
-                    format!("{text:?} names no etcd endpoint; etcd://HOST:PORT[,HOST:PORT]/PREFIX"),
-                ));
-            }
-            for endpoint in &endpoints {
-                let (_, port) = endpoint
-                    .rsplit_once(':')
-                    .ok_or_else(|| invalid("source", format!("etcd endpoint {endpoint:?} is not HOST:PORT")))?;
-                port.parse::<u16>()
-                    .map_err(|_| invalid("source", format!("etcd endpoint {endpoint:?} has no valid port")))?;
-            }
-            let path = path.trim_end_matches('/');
+            let (endpoints, path) = hosts_and_path(text, rest, "etcd")?;
             let prefix = if path.is_empty() { "/".to_owned() } else { format!("/{path}/") };
             Ok(SourceUri::Etcd { endpoints, prefix })
         }
+        "zk" => {
+            let (servers, path) = hosts_and_path(text, rest, "zookeeper")?;
+            Ok(SourceUri::ZooKeeper { servers, root: format!("/{path}") })
+        }
         other => Err(invalid(
             "source",
-            format!("unsupported scheme {other:?} in {text:?}; supported: file://DIR, etcd://HOST:PORT[,...]/PREFIX"),
+            format!(
+                "unsupported scheme {other:?} in {text:?}; supported: file://DIR, etcd://HOST:PORT[,...]/PREFIX, zk://HOST:PORT[,...]/PATH"
+            ),
         )),
     }
+}
+
+/// `HOST:PORT[,HOST:PORT...]/PATH` → the hosts, and the path without slashes around it.
+fn hosts_and_path(text: &str, rest: &str, what: &str) -> Result<(Vec<String>, String), SettingsError> {
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let hosts: Vec<String> = hosts.split(',').filter(|host| !host.is_empty()).map(str::to_owned).collect();
+    if hosts.is_empty() {
+        return Err(invalid("source", format!("{text:?} names no {what} server")));
+    }
+    for host in &hosts {
+        let (_, port) = host
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("source", format!("{what} server {host:?} is not HOST:PORT")))?;
+        port.parse::<u16>().map_err(|_| invalid("source", format!("{what} server {host:?} has no valid port")))?;
+    }
+    Ok((hosts, path.trim_matches('/').to_owned()))
 }
 
 /// The local API is for processes on this host only: it refuses other addresses.

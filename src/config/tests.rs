@@ -36,8 +36,24 @@ fn non_loopback_listen_is_refused() {
 fn bad_settings_name_the_setting() {
     let cases = [
         (
-            RawSettings { source: Some("etcd://127.0.0.1:2379/x".into()), ..raw_with_source() },
-            "source: unsupported scheme \"etcd\"",
+            RawSettings { source: Some("consul://127.0.0.1:8500/x".into()), ..raw_with_source() },
+            "source: unsupported scheme \"consul\"",
+        ),
+        (
+            RawSettings { source: Some("etcd:///x".into()), ..raw_with_source() },
+            "source: \"etcd:///x\" names no etcd server",
+        ),
+        (
+            RawSettings { source: Some("zk://h:99999/x".into()), ..raw_with_source() },
+            "source: zookeeper server \"h:99999\" has no valid port",
+        ),
+        (
+            RawSettings { backoff_min: Some("5s".into()), backoff_max: Some("1s".into()), ..raw_with_source() },
+            "backoff-min: backoff minimum 5s is above its maximum 1s",
+        ),
+        (
+            RawSettings { upstream_user: Some("root".into()), ..raw_with_source() },
+            "upstream-user: needs a password too",
         ),
         (
             RawSettings { source: Some("/no/such/dir".into()), ..raw_with_source() },
@@ -83,6 +99,13 @@ fn etcd_sources() {
         }
     );
     assert_eq!(settings.source.to_string(), "etcd://127.0.0.1:2379,127.0.0.1:2479/veltrix/config/");
+    let zk = RawSettings { source: Some("zk://127.0.0.1:2181/veltrix/config".into()), ..raw_with_source() }
+        .validate()
+        .expect("valid");
+    assert_eq!(
+        zk.source,
+        SourceUri::ZooKeeper { servers: vec!["127.0.0.1:2181".into()], root: "/veltrix/config".into() }
+    );
 }
 
 #[test]

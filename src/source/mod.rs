@@ -7,6 +7,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod zookeeper;
 
 use std::{collections::BTreeMap, future::Future};
 

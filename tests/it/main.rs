@@ -10,3 +10,4 @@ mod resolve;
 mod services;
 mod support;
 mod watch;
+mod zookeeper;

@@ -244,3 +244,100 @@ impl EtcdWriter {
         self.kv.compact(CompactionRequest { revision, physical: true }).await.expect("compact");
     }
 }
+
+/// A standalone ZooKeeper server from Debian's `zookeeper` package.
+pub struct ZooKeeper {
+    pub port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+impl ZooKeeper {
+    pub async fn start() -> Option<ZooKeeper> {
+        if !available("java", "ZooKeeper (java)") {
+            return None;
+        }
+        if !std::path::Path::new(ZOOKEEPER_JAR).exists() {
+            assert!(
+                std::env::var(REQUIRE_SERVICES).as_deref() != Ok("1"),
+                "ZooKeeper is required ({REQUIRE_SERVICES}=1) but {ZOOKEEPER_JAR} is missing; run scripts/install-test-services"
+            );
+            eprintln!("skipping: ZooKeeper is not installed (scripts/install-test-services installs it)");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let config = dir.path().join("zoo.cfg");
+        let data = dir.path().join("data");
+        std::fs::write(
+            &config,
+            format!(
+                "tickTime=200\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\nminSessionTimeout=400\nmaxSessionTimeout=20000\n",
+                data.display()
+            ),
+        )
+        .expect("write zoo.cfg");
+        let mut zookeeper = ZooKeeper { port, config, child: None, _dir: dir };
+        zookeeper.spawn();
+        zookeeper.connect().await;
+        Some(zookeeper)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("java")
+            .args(["-Xmx256m", "-cp", ZOOKEEPER_JAR, "org.apache.zookeeper.server.ZooKeeperServerMain"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ZooKeeper");
+        self.child = Some(child);
+    }
+
+    pub fn servers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A client session, once the server answers.
+    pub async fn connect(&self) -> zookeeper_client::Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let connected = zookeeper_client::Client::connector()
+                .with_connection_timeout(Duration::from_millis(500))
+                .connect(&self.servers())
+                .await;
+            match connected {
+                Ok(client) => return client,
+                Err(error) => assert!(Instant::now() < deadline, "ZooKeeper did not start: {error}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ZooKeeper {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Creates or replaces a node with its parents, as a deploy job would.
+pub async fn zk_put(client: &zookeeper_client::Client, path: &str, data: &str) {
+    let options = zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    if let Some((parent, _)) = path.rsplit_once('/').filter(|(parent, _)| !parent.is_empty()) {
+        client.mkdir(parent, &options).await.expect("mkdir");
+    }
+    match client.create(path, data.as_bytes(), &options).await {
+        Ok(_) => {}
+        Err(zookeeper_client::Error::NodeExists) => {
+            client.set_data(path, data.as_bytes(), None).await.expect("set");
+        }
+        Err(error) => panic!("create {path}: {error}"),
+    }
+}
