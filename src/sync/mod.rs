@@ -100,7 +100,6 @@ impl Applier {
         }
         let n_changes = outcome.changes.len();
         if let Some(revision) = self.publisher.apply(outcome.changes, outcome.modules) {
-            info!(revision, n_changes, "published");
             if let Some(last_known_good) = &self.last_known_good {
                 let snapshot = self.publisher.store().snapshot();
                 let entries = snapshot.entries.iter().map(|(key, entry)| (key.to_string(), (*entry.value).clone()));
@@ -109,6 +108,8 @@ impl Applier {
                     warn!(%error, "cannot save the last-known-good state; the previous one stays");
                 }
             }
+            // After the save: once this is logged, a crash restarts at this revision.
+            info!(revision, n_changes, "published");
         }
     }
 }

@@ -11,6 +11,7 @@ use std::{
 use serde_json::json;
 use veltrix_sidecar::{
     api::{proto, proto::watch_response::Kind},
+    client,
     config::RawSettings,
 };
 
@@ -221,4 +222,278 @@ async fn the_sidecar_follows_a_three_member_cluster_through_the_loss_of_its_lead
     let change = next_event(&mut stream).await;
     assert_eq!(values(&change), [("mode".into(), json!({"mode": "ranked"}))].into());
     sidecar.stop().await;
+}
+
+/// A `serve` process of the real binary, killed by PID when dropped.
+struct Serve {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Serve {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veltrix-sidecar"))
+            .arg("serve")
+            .args(args)
+            .env("VELTRIX_LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start serve");
+        // Read the log on its own thread for as long as the process runs.
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Serve { child, lines }
+    }
+
+    /// The next log line that contains every one of `parts`.
+    fn log_line(&self, parts: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if parts.iter().all(|part| line.contains(part)) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {parts:?}"),
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn a_sidecar_killed_while_etcd_is_down_restarts_on_its_last_known_good_state() {
+    let Some(mut etcd) = Etcd::start().await else { return };
+    let mut writer = EtcdWriter::connect(etcd.client_port, PREFIX).await;
+    writer.put("items.json", r#"{"sword": 40}"#).await;
+    writer.put("loot.json", r#"{"dmg": "${items#/sword}"}"#).await;
+    let run = tempfile::tempdir().expect("temp dir");
+    let state_dir = run.path().join("state");
+    let socket = run.path().join("s.sock");
+    let source = format!("etcd://{}{}", etcd.endpoint(), PREFIX.trim_end_matches('/'));
+    let args = [
+        "--listen",
+        "none",
+        "--source",
+        &source,
+        "--state-dir",
+        state_dir.to_str().expect("utf-8"),
+        "--socket",
+        socket.to_str().expect("utf-8"),
+        "--backoff-max",
+        "200ms",
+    ];
+    let addr = format!("unix:{}", socket.display());
+
+    let mut first = Serve::start(&args);
+    first.log_line(&["\"published\"", "\"revision\":1,"]);
+    writer.put("items.json", r#"{"sword": 41}"#).await;
+    first.log_line(&["\"published\"", "\"revision\":2,"]);
+    first.kill();
+    etcd.kill();
+
+    let second = Serve::start(&args);
+    second.log_line(&["serving the last-known-good state"]);
+    let mut client = within("the socket", async {
+        loop {
+            if let Ok(client) = client::connect(&addr).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(get_json(&mut client, "loot").await.expect("served at once").0, json!({"dmg": 41}));
+    let restarted = status(&mut client).await;
+    assert!(restarted.serving_from_last_known_good);
+    assert_eq!(restarted.revision, 2);
+    drop(second);
+
+    // One flipped byte, and the state is refused: nothing is served until etcd answers.
+    let state_file = state_dir.join("last-known-good");
+    let mut bytes = std::fs::read(&state_file).expect("read state");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&state_file, bytes).expect("write state");
+    let third = Serve::start(&args);
+    let refused = third.log_line(&["ignoring the last-known-good state"]);
+    assert!(refused.contains("checksum mismatch"), "{refused}");
+    let mut client = within("the socket", async {
+        loop {
+            if let Ok(client) = client::connect(&addr).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let unavailable = get_json(&mut client, "loot").await.expect_err("nothing to serve");
+    assert_eq!(unavailable.code(), tonic::Code::Unavailable);
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+struct Certificates {
+    dir: tempfile::TempDir,
+}
+
+impl Certificates {
+    fn generate() -> Certificates {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().expect("key");
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).expect("write pem");
+        write("ca.pem", ca.pem());
+        for (name, usage) in
+            [("server", ExtendedKeyUsagePurpose::ServerAuth), ("client", ExtendedKeyUsagePurpose::ClientAuth)]
+        {
+            let mut params =
+                CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &issuer).expect("sign");
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}-key.pem"), key.serialize_pem());
+        }
+        Certificates { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        let read = |name: &str| std::fs::read(self.dir.path().join(name)).expect("read pem");
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+            .identity(tonic::transport::Identity::from_pem(read("client.pem"), read("client-key.pem")))
+    }
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates_and_user_password_auth() {
+    use veltrix_sidecar::source::etcd::api::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, AuthenticateRequest,
+        PutRequest, RangeRequest, auth_client::AuthClient, kv_client::KvClient,
+    };
+    if !available("etcd", "etcd") {
+        return;
+    }
+    let certificates = Certificates::generate();
+    let data = tempfile::tempdir().expect("temp dir");
+    let (port, peer) = (free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let _etcd = KillOnDrop(
+        std::process::Command::new("etcd")
+            .args(["--name", "tls", "--data-dir"])
+            .arg(data.path())
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("tls={peer_url}")])
+            .args(["--cert-file", &certificates.path("server.pem"), "--key-file", &certificates.path("server-key.pem")])
+            .args(["--trusted-ca-file", &certificates.path("ca.pem"), "--client-cert-auth"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start etcd"),
+    );
+    let channel = within("etcd over TLS", async {
+        loop {
+            let endpoint = tonic::transport::Endpoint::from_shared(client_url.clone())
+                .expect("uri")
+                .tls_config(certificates.client_config())
+                .expect("tls");
+            if let Ok(channel) = endpoint.connect().await {
+                if KvClient::new(channel.clone())
+                    .range(RangeRequest { key: b"x".to_vec(), ..Default::default() })
+                    .await
+                    .is_ok()
+                {
+                    return channel;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    let mut auth = AuthClient::new(channel.clone());
+    let _ = auth.role_add(AuthRoleAddRequest { name: "root".into() }).await;
+    auth.user_add(AuthUserAddRequest { name: "root".into(), password: "s3cret".into(), ..Default::default() })
+        .await
+        .expect("add root");
+    auth.user_grant_role(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() }).await.expect("grant");
+    auth.auth_enable(AuthEnableRequest {}).await.expect("enable auth");
+    let token = auth
+        .authenticate(AuthenticateRequest { name: "root".into(), password: "s3cret".into() })
+        .await
+        .expect("authenticate")
+        .into_inner()
+        .token;
+    let mut put = tonic::Request::new(PutRequest {
+        key: format!("{PREFIX}items.json").into_bytes(),
+        value: br#"{"sword": 40}"#.to_vec(),
+        ..Default::default()
+    });
+    put.metadata_mut().insert("token", token.parse().expect("ascii token"));
+    KvClient::new(channel).put(put).await.expect("put with the token");
+
+    let source = format!("etcd://127.0.0.1:{port}{}", PREFIX.trim_end_matches('/'));
+    let with = |password: &str| RawSettings {
+        source: Some(source.clone()),
+        upstream_user: Some("root".into()),
+        upstream_password: Some(password.into()),
+        upstream_ca: Some(certificates.path("ca.pem").into()),
+        upstream_cert: Some(certificates.path("client.pem").into()),
+        upstream_key: Some(certificates.path("client-key.pem").into()),
+        ..settings(&[])
+    };
+    let sidecar = Sidecar::start_with(&[], with("s3cret")).await;
+    let mut client = sidecar.client().await;
+    assert_eq!(get_json(&mut client, "items").await.expect("served").0, json!({"sword": 40}));
+    sidecar.stop().await;
+
+    // A wrong password is an upstream error that says so.
+    let run = tempfile::tempdir().expect("temp dir");
+    let socket = run.path().join("s.sock");
+    let wrong = Serve::start(&[
+        "--listen",
+        "none",
+        "--socket",
+        socket.to_str().expect("utf-8"),
+        "--source",
+        &source,
+        "--upstream-user",
+        "root",
+        "--upstream-password",
+        "wrong",
+        "--upstream-ca",
+        &certificates.path("ca.pem"),
+        "--upstream-cert",
+        &certificates.path("client.pem"),
+        "--upstream-key",
+        &certificates.path("client-key.pem"),
+    ]);
+    let line = wrong.log_line(&["upstream session ended"]);
+    assert!(line.contains("etcd authentication"), "{line}");
+    assert!(line.contains("authentication failed"), "{line}");
 }
