@@ -4,9 +4,11 @@
 use std::{
     io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
+
+use crate::support::{KillOnDrop, Serve};
 
 const BIN: &str = env!("CARGO_BIN_EXE_veltrix-sidecar");
 
@@ -43,16 +45,6 @@ fn bad_settings_exit_64_with_a_message_naming_the_setting() {
     }
 }
 
-/// A `serve` process, killed by PID if the test fails before stopping it.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wait_for_socket(socket: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {
@@ -69,17 +61,16 @@ fn client_commands_against_a_running_sidecar_and_sigterm() {
     std::fs::write(config.path().join("features.json"), r#"{"night_mode": true}"#).expect("write");
     let run_dir = tempfile::tempdir().expect("temp dir");
     let socket = run_dir.path().join("sidecar.sock");
-    let serve = Serve(
-        Command::new(BIN)
-            .args(["serve", "--listen", "none", "--debounce", "20ms"])
-            .arg("--source")
-            .arg(config.path())
-            .arg("--socket")
-            .arg(&socket)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start serve"),
-    );
+    let mut serve = Serve::start(&[
+        "--listen",
+        "none",
+        "--debounce",
+        "20ms",
+        "--source",
+        config.path().to_str().expect("utf-8"),
+        "--socket",
+        socket.to_str().expect("utf-8"),
+    ]);
     wait_for_socket(&socket);
     let addr = format!("unix:{}", socket.display());
     let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
@@ -101,7 +92,7 @@ fn client_commands_against_a_running_sidecar_and_sigterm() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("key nope not found"), "{output:?}");
 
-    let mut watch = Serve(
+    let mut watch = KillOnDrop(
         Command::new(BIN)
             .args(["watch", "matchmaking/", "--addr", &addr])
             .stdout(Stdio::piped())
@@ -117,11 +108,9 @@ fn client_commands_against_a_running_sidecar_and_sigterm() {
     assert_eq!(next_line(), r#"[2] put matchmaking/queues {"solo":{"size":2}}"#);
     drop(watch);
 
-    let mut serve = serve;
-    let pid = serve.0.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let killed = Command::new("kill").args(["-TERM", &serve.pid()]).status().expect("kill");
     assert!(killed.success());
-    let status = serve.0.wait().expect("wait");
+    let status = serve.wait();
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
     assert!(!socket.exists(), "the socket file is removed");
 }

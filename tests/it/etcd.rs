@@ -224,58 +224,6 @@ async fn the_sidecar_follows_a_three_member_cluster_through_the_loss_of_its_lead
     sidecar.stop().await;
 }
 
-/// A `serve` process of the real binary, killed by PID when dropped.
-struct Serve {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> Serve {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veltrix-sidecar"))
-            .arg("serve")
-            .args(args)
-            .env("VELTRIX_LOG_FORMAT", "json")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start serve");
-        // Read the log on its own thread for as long as the process runs.
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Serve { child, lines }
-    }
-
-    /// The next log line that contains every one of `parts`.
-    fn log_line(&self, parts: &[&str]) -> String {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if parts.iter().all(|part| line.contains(part)) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line containing {parts:?}"),
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test]
 async fn a_sidecar_killed_while_etcd_is_down_restarts_on_its_last_known_good_state() {
     let Some(mut etcd) = Etcd::start().await else { return };

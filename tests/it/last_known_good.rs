@@ -1,11 +1,7 @@
 //! The last known good state: served at once after a restart while the upstream is down,
 //! reconciled when the upstream returns, and never trusted when damaged.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use serde_json::json;
 use tonic::Code;
@@ -95,28 +91,17 @@ fn a_damaged_state_file_is_refused_with_a_clear_log_line() {
     // A valid header over a body whose checksum does not match.
     std::fs::write(state.path().join("last-known-good"), b"veltrix-state 1 00000000 2\n{}").expect("write");
 
-    let mut serve = Command::new(BIN)
-        .args(["serve", "--listen", "none"])
-        .arg("--source")
-        .arg(&missing)
-        .arg("--state-dir")
-        .arg(state.path())
-        .arg("--socket")
-        .arg(&socket)
-        .env("VELTRIX_LOG_FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start serve");
-    // Read the log on its own thread for as long as the process runs, so that it never
-    // writes into a closed pipe.
-    let stderr = serve.stderr.take().expect("stderr");
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let refused = lines.iter().find(|line| line.contains("ignoring the last-known-good state"));
+    let serve = Serve::start(&[
+        "--listen",
+        "none",
+        "--source",
+        missing.to_str().expect("utf-8"),
+        "--state-dir",
+        state.path().to_str().expect("utf-8"),
+        "--socket",
+        socket.to_str().expect("utf-8"),
+    ]);
+    let refused = serve.log_line(&["ignoring the last-known-good state"]);
     let addr = format!("unix:{}", socket.display());
     let deadline = std::time::Instant::now() + DEADLINE;
     let answer = loop {
@@ -128,10 +113,8 @@ fn a_damaged_state_file_is_refused_with_a_clear_log_line() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = serve.kill();
-    let _ = serve.wait();
+    drop(serve);
 
-    let refused = refused.expect("a log line about the state file");
     assert!(refused.contains("is corrupt: checksum mismatch"), "{refused}");
     assert!(refused.contains("last-known-good"), "{refused}");
     assert!(answer.contains("no configuration loaded yet"), "nothing is served from a damaged state: {answer}");

@@ -42,16 +42,6 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A child process killed (SIGKILL, by PID) and reaped when dropped.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One etcd member.
 pub struct Etcd {
     name: String,

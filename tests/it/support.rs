@@ -217,3 +217,74 @@ pub fn values(message: &proto::WatchResponse) -> BTreeMap<String, Value> {
         .map(|entry| (entry.key.clone(), serde_json::from_slice(&entry.json).expect("JSON")))
         .collect()
 }
+
+/// A `serve` process of the real binary, killed by PID when dropped.
+pub struct Serve {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Serve {
+    pub fn start(args: &[&str]) -> Serve {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veltrix-sidecar"))
+            .arg("serve")
+            .args(args)
+            .env("VELTRIX_LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start serve");
+        // Read the log on its own thread for as long as the process runs.
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Serve { child, lines }
+    }
+
+    /// The next log line that contains every one of `parts`.
+    pub fn log_line(&self, parts: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if parts.iter().all(|part| line.contains(part)) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {parts:?}"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for serve")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A child process killed (SIGKILL, by PID) and reaped when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,9 +1,6 @@
 //! The ZooKeeper source against a real ZooKeeper server.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use serde_json::json;
 use veltrix_sidecar::{
@@ -59,32 +56,27 @@ async fn creates_sets_and_deletes_in_the_subtree_arrive_as_change_sets() {
 
 #[tokio::test]
 async fn an_expired_session_is_survived_and_what_changed_meanwhile_arrives() {
-    const BIN: &str = env!("CARGO_BIN_EXE_veltrix-sidecar");
     let Some(zookeeper) = ZooKeeper::start().await else { return };
     let zk = zookeeper.connect().await;
     zk_put(&zk, &format!("{ROOT}/items.json"), r#"{"sword": 40}"#).await;
     zk_put(&zk, &format!("{ROOT}/gone.json"), "{}").await;
     let run = tempfile::tempdir().expect("temp dir");
     let socket = run.path().join("s.sock");
-    let mut serve = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "none",
-            "--session-timeout",
-            "800ms",
-            "--backoff-min",
-            "50ms",
-            "--backoff-max",
-            "200ms",
-        ])
-        .arg("--source")
-        .arg(format!("zk://{}{ROOT}", zookeeper.servers()))
-        .arg("--socket")
-        .arg(&socket)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start serve");
+    let source = format!("zk://{}{ROOT}", zookeeper.servers());
+    let serve = Serve::start(&[
+        "--listen",
+        "none",
+        "--session-timeout",
+        "800ms",
+        "--backoff-min",
+        "50ms",
+        "--backoff-max",
+        "200ms",
+        "--source",
+        &source,
+        "--socket",
+        socket.to_str().expect("utf-8"),
+    ]);
     let addr = format!("unix:{}", socket.display());
     let value_of = |key: &'static str| {
         let addr = addr.clone();
@@ -101,7 +93,7 @@ async fn an_expired_session_is_survived_and_what_changed_meanwhile_arrives() {
     .await;
 
     // Frozen past its session timeout: ZooKeeper expires the session meanwhile.
-    let pid = serve.id().to_string();
+    let pid = serve.pid();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
     zk_put(&zk, &format!("{ROOT}/items.json"), r#"{"sword": 99}"#).await;
     zk.delete(&format!("{ROOT}/gone.json"), None).await.expect("delete");
@@ -116,6 +108,5 @@ async fn an_expired_session_is_survived_and_what_changed_meanwhile_arrives() {
     })
     .await;
     assert_eq!(value_of("gone").await, None, "deleted while the session was gone");
-    let _ = serve.kill();
-    let _ = serve.wait();
+    serve.log_line(&["upstream session ended", "Expired"]);
 }
