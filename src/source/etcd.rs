@@ -9,7 +9,6 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +20,7 @@ use tonic::{
 };
 use tracing::info;
 
-use super::{Document, Reporter, Source, SourceError, Update};
+use super::{Document, Reporter, Source, SourceError, Update, sized_document};
 
 /// The etcd v3 API as generated from `proto/etcd` (clients only).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -156,14 +155,7 @@ impl EtcdSource {
     }
 
     fn document(&self, value: Vec<u8>) -> Document {
-        if value.len() as u64 > self.settings.max_document_bytes {
-            return Err(format!(
-                "value is {} bytes, over the limit of {}",
-                value.len(),
-                self.settings.max_document_bytes
-            ));
-        }
-        Ok(Bytes::from(value))
+        sized_document(value, self.settings.max_document_bytes)
     }
 
     /// Lists the prefix at one revision, page by page, and reports it as the whole state.

@@ -22,6 +22,14 @@ use crate::sync::backoff::Backoff;
 /// outside the config directory). Either way the sync loop decides what is served.
 pub type Document = Result<Bytes, String>;
 
+/// An upstream value as a document, refused unread when it is larger than `max_bytes`.
+pub fn sized_document(value: Vec<u8>, max_bytes: u64) -> Document {
+    if value.len() as u64 > max_bytes {
+        return Err(format!("value is {} bytes, over the limit of {max_bytes}", value.len()));
+    }
+    Ok(Bytes::from(value))
+}
+
 /// What a source tells the sync loop.
 #[derive(Debug)]
 pub enum SourceEvent {

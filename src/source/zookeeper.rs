@@ -10,12 +10,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 use zookeeper_client::{AddWatchMode, Client, EventType, SessionState};
 
-use super::{Document, Reporter, Source, SourceError, Update};
+use super::{Document, Reporter, Source, SourceError, Update, sized_document};
 use crate::resolve::Format;
 
 #[derive(Debug, Clone)]
@@ -49,15 +48,8 @@ impl ZooKeeperSource {
         Format::from_name(rest).map(|_| rest.to_owned())
     }
 
-    fn document(&self, data: Vec<u8>) -> Document {
-        if data.len() as u64 > self.settings.max_document_bytes {
-            return Err(format!(
-                "node holds {} bytes, over the limit of {}",
-                data.len(),
-                self.settings.max_document_bytes
-            ));
-        }
-        Ok(Bytes::from(data))
+    fn document(&self, value: Vec<u8>) -> Document {
+        sized_document(value, self.settings.max_document_bytes)
     }
 
     /// Every document of the subtree, and the highest zxid among them.

@@ -11,7 +11,6 @@ use std::{
 use serde_json::json;
 use veltrix_sidecar::{
     api::{proto, proto::watch_response::Kind},
-    client,
     config::RawSettings,
 };
 
@@ -257,15 +256,7 @@ async fn a_sidecar_killed_while_etcd_is_down_restarts_on_its_last_known_good_sta
 
     let second = Serve::start(&args);
     second.log_line(&["serving the last-known-good state"]);
-    let mut client = within("the socket", async {
-        loop {
-            if let Ok(client) = client::connect(&addr).await {
-                return client;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let mut client = connect_when_up(&addr).await;
     assert_eq!(get_json(&mut client, "loot").await.expect("served at once").0, json!({"dmg": 41}));
     let restarted = status(&mut client).await;
     assert!(restarted.serving_from_last_known_good);
@@ -281,15 +272,7 @@ async fn a_sidecar_killed_while_etcd_is_down_restarts_on_its_last_known_good_sta
     let third = Serve::start(&args);
     let refused = third.log_line(&["ignoring the last-known-good state"]);
     assert!(refused.contains("checksum mismatch"), "{refused}");
-    let mut client = within("the socket", async {
-        loop {
-            if let Ok(client) = client::connect(&addr).await {
-                return client;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let mut client = connect_when_up(&addr).await;
     let unavailable = get_json(&mut client, "loot").await.expect_err("nothing to serve");
     assert_eq!(unavailable.code(), tonic::Code::Unavailable);
 }

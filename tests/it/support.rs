@@ -185,6 +185,19 @@ pub fn default_api_limits() -> ApiLimits {
     ApiLimits { max_keys_per_request: 1000, progress_interval: Duration::from_secs(10), context_cache_bytes: 1 << 20 }
 }
 
+/// A client of the sidecar at `addr`, once it accepts connections.
+pub async fn connect_when_up(addr: &str) -> Client {
+    within("the sidecar to accept connections", async {
+        loop {
+            if let Ok(client) = client::connect(addr).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 pub async fn get_json(client: &mut Client, key: &str) -> Result<(Value, u64), tonic::Status> {
     let response =
         client.get(proto::GetRequest { key: key.into(), format: 0, ..Default::default() }).await?.into_inner();
