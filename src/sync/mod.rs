@@ -68,6 +68,7 @@ impl Upstream {
 struct Applier {
     pipeline: Pipeline,
     publisher: Publisher,
+    upstream: Arc<Upstream>,
     last_known_good: Option<LastKnownGood>,
 }
 
@@ -81,6 +82,7 @@ impl Applier {
     fn apply(&mut self, update: Update) {
         let snapshot = self.publisher.store().snapshot();
         let full = update.full;
+        let upstream_revision = update.upstream_revision;
         let mut outcome = self.pipeline.apply(update, &|key| snapshot.get(key.as_str()).is_some());
         if full {
             // A full update is the whole upstream: whatever is served without a module
@@ -93,8 +95,15 @@ impl Applier {
             }
         }
         drop(snapshot);
-        // Rejections first: a client that sees the change-set and then asks Status must
-        // find the rejections that came with it.
+        // Upstream state and rejections first: a client that sees the change-set and then
+        // asks Status must find what came with it.
+        self.upstream.update(|state| {
+            state.healthy = true;
+            state.last_sync = Some(SystemTime::now());
+            state.error = None;
+            state.serving_from_last_known_good = false;
+            state.revision = upstream_revision.or(state.revision);
+        });
         for rejection in self.publisher.set_rejections(outcome.rejections).iter() {
             warn!(key = %rejection.key, serving_previous = rejection.serving_previous, "config rejected: {rejection}");
         }
@@ -123,7 +132,8 @@ pub async fn run(
     last_known_good: Option<LastKnownGood>,
     drain: CancellationToken,
 ) {
-    let mut applier = Applier { pipeline: Pipeline::new(labels), publisher, last_known_good };
+    let mut applier =
+        Applier { pipeline: Pipeline::new(labels), publisher, upstream: upstream.clone(), last_known_good };
     loop {
         let event = tokio::select! {
             _ = drain.cancelled() => return,
@@ -134,7 +144,6 @@ pub async fn run(
         };
         match event {
             SourceEvent::Update(update) => {
-                let upstream_revision = update.upstream_revision;
                 let applied = tokio::task::spawn_blocking(move || {
                     applier.apply(update);
                     applier
@@ -146,13 +155,6 @@ pub async fn run(
                         return;
                     }
                 };
-                upstream.update(|state| {
-                    state.healthy = true;
-                    state.last_sync = Some(SystemTime::now());
-                    state.error = None;
-                    state.serving_from_last_known_good = false;
-                    state.revision = upstream_revision.or(state.revision);
-                });
             }
             SourceEvent::Unhealthy(error) => {
                 warn!(upstream = %upstream.uri, %error, "upstream unavailable; serving the last good config");
