@@ -343,7 +343,7 @@ pub async fn status(client: &ClientArgs) -> anyhow::Result<()> {
         println!("labels:    {}", labels.join(","));
     }
     if status.serving_from_last_known_good {
-        println!("serving from last-known-good state");
+        println!("serving from last-known-good; upstream not yet reached");
     }
     if status.rejections.is_empty() {
         println!("rejected:  none");

@@ -119,3 +119,70 @@ pub async fn follow<S: Source>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// Fails every session; delivers an update first in the sessions listed in `deliver_in`.
+    struct Flaky {
+        sessions: Arc<Mutex<Vec<Instant>>>,
+        deliver_in: Vec<usize>,
+    }
+
+    impl Source for Flaky {
+        fn describe(&self) -> String {
+            "flaky".to_owned()
+        }
+
+        async fn session(&mut self, reporter: &mut Reporter, _: &CancellationToken) -> Result<(), SourceError> {
+            let n = {
+                let mut sessions = self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                sessions.push(Instant::now());
+                sessions.len() - 1
+            };
+            if self.deliver_in.contains(&n) {
+                reporter.update(Update::default()).await?;
+            }
+            Err(SourceError("connection refused".to_owned()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_sessions_back_off_exponentially_and_a_delivering_session_resets_it() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_millis(800));
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let source = Flaky { sessions: sessions.clone(), deliver_in: vec![6] };
+        let (events, mut received) = mpsc::channel(64);
+        let drain = CancellationToken::new();
+        let backoff = Backoff::new(min, max).expect("valid");
+        let following = tokio::spawn(follow(source, events, backoff, drain.clone()));
+        let mut n_unhealthy = 0;
+        while sessions.lock().map(|sessions| sessions.len()).unwrap_or(0) < 9 {
+            if let Some(SourceEvent::Unhealthy(error)) = received.recv().await {
+                assert_eq!(error, "connection refused");
+                n_unhealthy += 1;
+            }
+        }
+        drain.cancel();
+        following.await.expect("follow ends on drain");
+        assert!(n_unhealthy >= 8);
+
+        let starts = sessions.lock().map(|sessions| sessions.clone()).unwrap_or_default();
+        let waits: Vec<Duration> = starts.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        // Wait n is at most min * 2^n, capped at max.
+        for (n, wait) in waits.iter().enumerate().take(6) {
+            let ceiling = (min * 2u32.pow(n as u32)).min(max);
+            assert!(*wait <= ceiling, "wait {n}: {wait:?} over {ceiling:?}");
+        }
+        // Session 6 delivered, so the wait after it starts from the minimum again.
+        assert!(waits[6] <= min, "after a delivering session: {:?}", waits[6]);
+    }
+}
