@@ -28,8 +28,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{error, info, warn};
 
 use crate::{
+    admin,
     api::{ApiLimits, ConfigApi, ConfigServiceServer, proto},
+    cache::ContextCache,
     config::{Settings, SourceUri},
+    metrics::Metrics,
     resolve::Labels,
     source::{
         SourceEvent,
@@ -72,10 +75,30 @@ pub enum AppError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// The sockets the local API is served on.
+/// What the API, the admin server and the sync loop share.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub upstream: Arc<Upstream>,
+    pub metrics: Arc<Metrics>,
+    /// Values resolved under request labels.
+    pub context: Arc<ContextCache>,
+    /// The instance's labels.
+    pub labels: Labels,
+}
+
+impl Shared {
+    pub fn new(store: Arc<Store>, upstream: Arc<Upstream>, labels: Labels, context_cache_bytes: u64) -> Shared {
+        let metrics = Arc::new(Metrics::default());
+        let context = Arc::new(ContextCache::new(context_cache_bytes, metrics.clone()));
+        Shared { store, upstream, metrics, context, labels }
+    }
+}
+
+/// The sockets the local API and the admin server are served on.
 pub struct Listeners {
     pub tcp: Option<TcpListener>,
     pub unix: Option<(UnixListener, PathBuf)>,
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -88,7 +111,15 @@ impl Listeners {
             Some(path) => Some((bind_unix(path).await?, path.clone())),
             None => None,
         };
-        Ok(Listeners { tcp, unix })
+        let admin = match settings.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::BindTcp { addr, source })?),
+            None => None,
+        };
+        Ok(Listeners { tcp, unix, admin })
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
@@ -114,12 +145,11 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {
 /// The local API's gRPC services: config, health and reflection. Health says NOT_SERVING
 /// until the store has a snapshot, and again once `drain` fires.
 pub async fn local_api(
-    store: Arc<Store>,
-    upstream: Arc<Upstream>,
+    shared: &Shared,
     limits: ApiLimits,
-    labels: Labels,
     drain: CancellationToken,
 ) -> Result<(Router, HealthReporter), AppError> {
+    let store = shared.store.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     {
@@ -134,7 +164,15 @@ pub async fn local_api(
             }
         });
     }
-    let api = ConfigApi::new(store, upstream, limits, labels, drain);
+    let api = ConfigApi::new(
+        shared.store.clone(),
+        shared.upstream.clone(),
+        limits,
+        shared.labels.clone(),
+        shared.context.clone(),
+        shared.metrics.clone(),
+        drain,
+    );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -162,7 +200,9 @@ pub fn serve(
 ) -> JoinSet<Result<(), tonic::transport::Error>> {
     let mut servers = JoinSet::new();
     if let Some(listener) = listeners.tcp {
-        info!(addr = ?listener.local_addr().ok(), "serving the local API on TCP");
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving the local API on TCP");
+        }
         // tonic's own nodelay setting does not reach a listener bound outside it.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (router, drain) = (router.clone(), drain.clone());
@@ -231,16 +271,22 @@ fn restore_last_known_good(last_known_good: &LastKnownGood, publisher: &mut Publ
 }
 
 /// Serves until `shutdown` resolves, then drains for at most `settings.drain_grace`.
-pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+pub async fn run(
+    settings: Settings,
+    mut listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
     let drain = CancellationToken::new();
     let (store, mut publisher) =
         Store::new(StoreLimits { history: settings.history, watch_backlog: settings.watch_backlog });
     let upstream = Arc::new(Upstream::new(settings.source.kind(), settings.source.to_string()));
+    let shared = Arc::new(Shared::new(store, upstream.clone(), settings.labels.clone(), settings.context_cache_bytes));
 
-    let last_known_good = settings
-        .state_dir
-        .as_deref()
-        .map(|dir| LastKnownGood { file: StateFile::in_dir(dir), source: settings.source.to_string() });
+    let last_known_good = settings.state_dir.as_deref().map(|dir| LastKnownGood {
+        file: StateFile::in_dir(dir),
+        source: settings.source.to_string(),
+        metrics: shared.metrics.clone(),
+    });
     if let Some(last_known_good) = &last_known_good {
         restore_last_known_good(last_known_good, &mut publisher, &upstream);
     }
@@ -258,9 +304,10 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future
     let limits = ApiLimits {
         max_keys_per_request: settings.max_keys_per_request,
         progress_interval: settings.progress_interval,
-        context_cache_bytes: settings.context_cache_bytes,
     };
-    let (router, health) = local_api(store, upstream, limits, settings.labels.clone(), drain.clone()).await?;
+    let (router, health) = local_api(&shared, limits, drain.clone()).await?;
+    let admin_task =
+        listeners.admin.take().map(|listener| tokio::spawn(admin::serve(listener, shared.clone(), drain.clone())));
     let socket_path = listeners.unix.as_ref().map(|(_, path)| path.clone());
     let mut servers = serve(router, listeners, &drain);
 
@@ -274,6 +321,9 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: impl Future
     let drained = tokio::time::timeout(settings.drain_grace, async {
         while servers.join_next().await.is_some() {}
         let _ = tokio::join!(source_task, sync_task);
+        if let Some(admin_task) = admin_task {
+            let _ = admin_task.await;
+        }
     })
     .await;
     if drained.is_err() {

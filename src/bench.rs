@@ -186,15 +186,12 @@ async fn get_latency(bench: &ResolveBench, modules: &[(String, Value)]) -> anyho
     let (store, publisher) = Store::new(StoreLimits { history: 1000, watch_backlog: 256 });
     let drain = CancellationToken::new();
     let upstream = Arc::new(Upstream::new("bench", "bench://".into()));
-    let limits = ApiLimits {
-        max_keys_per_request: 1000,
-        progress_interval: Duration::from_secs(10),
-        context_cache_bytes: 1 << 20,
-    };
-    let (router, _health) = app::local_api(store.clone(), upstream, limits, Labels::new(), drain.clone()).await?;
+    let limits = ApiLimits { max_keys_per_request: 1000, progress_interval: Duration::from_secs(10) };
+    let shared = app::Shared::new(store.clone(), upstream, Labels::new(), 1 << 20);
+    let (router, _health) = app::local_api(&shared, limits, drain.clone()).await?;
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = tcp.local_addr()?.to_string();
-    let _servers = app::serve(router, Listeners { tcp: Some(tcp), unix: None }, &drain);
+    let _servers = app::serve(router, Listeners { tcp: Some(tcp), unix: None, admin: None }, &drain);
 
     let text = |value: &Value| Ok::<_, std::convert::Infallible>(Bytes::from(value.to_string()));
     let initial = Update {

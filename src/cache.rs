@@ -4,9 +4,10 @@
 //! revisions age out. The cache is bounded in bytes (its weigher counts the encoded
 //! entries), so a flood of distinct contexts evicts rather than grows.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use crate::{
+    metrics::Metrics,
     model::{Key, Revision},
     resolve::{Labels, OnDemand, SchemaCache},
     store::{Entry, Snapshot},
@@ -26,13 +27,14 @@ struct CacheKey {
 pub struct ContextCache {
     entries: moka::sync::Cache<CacheKey, ContextEntry>,
     schemas: SchemaCache,
+    metrics: Arc<Metrics>,
 }
 
 /// What an entry costs beyond its encoded bytes: keys, labels, bookkeeping.
 const ENTRY_OVERHEAD: usize = 256;
 
 impl ContextCache {
-    pub fn new(max_bytes: u64) -> ContextCache {
+    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> ContextCache {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &CacheKey, entry: &ContextEntry| {
@@ -45,7 +47,7 @@ impl ContextCache {
                 u32::try_from(ENTRY_OVERHEAD + key.key.as_str().len() + labels + bytes).unwrap_or(u32::MAX)
             })
             .build();
-        ContextCache { entries, schemas: SchemaCache::default() }
+        ContextCache { entries, schemas: SchemaCache::default(), metrics }
     }
 
     /// Entries held, after evictions still pending are done, so that the figure is exact.
@@ -77,8 +79,10 @@ impl Session<'_> {
     pub fn get(&mut self, key: &Key) -> ContextEntry {
         let cache_key = CacheKey { key: key.clone(), labels: self.labels.clone(), revision: self.snapshot.revision };
         if let Some(entry) = self.cache.entries.get(&cache_key) {
+            self.cache.metrics.context_cache_hits.fetch_add(1, Ordering::Relaxed);
             return entry;
         }
+        self.cache.metrics.context_cache_misses.fetch_add(1, Ordering::Relaxed);
         let entry = self.on_demand.resolve(key).map(|outcome| {
             outcome.map(|value| Arc::new(Entry::new(key.clone(), value, self.snapshot.revision))).map_err(Arc::from)
         });

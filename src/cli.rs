@@ -136,6 +136,15 @@ pub struct ServeArgs {
     /// Log as human-readable lines or as JSON objects. [default: human]
     #[arg(long, env = "VELTRIX_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Log filter: a level (info, debug, ...) or tracing directives such as
+    /// "info,veltrix_sidecar::source=debug"; changeable at run time on the admin server.
+    /// [default: info]
+    #[arg(long, env = "VELTRIX_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Admin HTTP server: /metrics, /healthz, /readyz, /debug/*; or "none".
+    /// /debug/* answers loopback clients only. [default: 127.0.0.1:7071]
+    #[arg(long, env = "VELTRIX_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// Keys in one BatchGet, keys plus prefixes in one Watch. [default: 1000]
     #[arg(long, env = "VELTRIX_MAX_KEYS_PER_REQUEST")]
     pub max_keys_per_request: Option<usize>,
@@ -214,6 +223,8 @@ impl ServeArgs {
             state_dir: self.state_dir.clone(),
             labels,
             log_format: self.log_format,
+            log_level: self.log_level.clone(),
+            admin_listen: self.admin_listen.clone(),
             max_keys_per_request: self.max_keys_per_request,
             history: self.history,
             watch_backlog: self.watch_backlog,
@@ -433,38 +444,7 @@ pub fn check(dir: &Path, labels: &[String]) -> anyhow::Result<bool> {
 
 pub fn graph(dir: &Path, labels: &[String]) -> anyhow::Result<()> {
     let (pipeline, rejections, _) = resolve_directory(dir, labels)?;
-    let rejected: BTreeMap<&str, &Rejection> =
-        rejections.iter().map(|rejection| (rejection.key.as_str(), rejection)).collect();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "digraph config {{")?;
-    writeln!(out, "  rankdir=LR;")?;
-    writeln!(out, "  node [shape=box, fontname=\"monospace\"];")?;
-    let resolver = pipeline.resolver();
-    let mut missing = std::collections::BTreeSet::new();
-    for (key, edges) in resolver.edges() {
-        match rejected.get(key.as_str()) {
-            Some(rejection) => writeln!(
-                out,
-                "  {} [color=red, fontcolor=red, tooltip={}];",
-                quote(key.as_str()),
-                quote(&rejection.reason)
-            )?,
-            None => writeln!(out, "  {};", quote(key.as_str()))?,
-        }
-        for (dep, kind) in edges {
-            if resolver.outcome(dep).is_none() {
-                missing.insert(dep.clone());
-            }
-            writeln!(out, "  {} -> {} [label={}];", quote(key.as_str()), quote(dep.as_str()), quote(kind))?;
-        }
-    }
-    for key in missing {
-        writeln!(out, "  {} [style=dashed, color=red, tooltip=\"no such module\"];", quote(key.as_str()))?;
-    }
-    writeln!(out, "}}")?;
+    let rejected = rejections.into_iter().map(|rejection| (rejection.key, rejection.reason)).collect();
+    print!("{}", crate::resolve::dot(pipeline.resolver(), &rejected));
     Ok(())
-}
-
-fn quote(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }

@@ -25,6 +25,10 @@ pub struct Settings {
     pub state_dir: Option<PathBuf>,
     pub labels: BTreeMap<String, String>,
     pub log_format: LogFormat,
+    /// tracing's env-filter directives.
+    pub log_level: String,
+    /// The admin HTTP server (metrics, probes, debug); `None` when turned off.
+    pub admin_listen: Option<SocketAddr>,
     pub max_keys_per_request: usize,
     /// Change-sets kept for Watch resumes.
     pub history: usize,
@@ -97,6 +101,8 @@ pub enum LogFormat {
 
 pub const DEFAULT_SOURCE: &str = "deploy/examples/config";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7071";
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// The default unix socket: in the user's runtime directory when there is one.
 pub fn default_socket() -> PathBuf {
@@ -118,6 +124,8 @@ pub struct RawSettings {
     pub state_dir: Option<PathBuf>,
     pub labels: Option<BTreeMap<String, String>>,
     pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    pub admin_listen: Option<String>,
     pub max_keys_per_request: Option<usize>,
     pub history: Option<usize>,
     pub watch_backlog: Option<usize>,
@@ -177,6 +185,8 @@ impl RawSettings {
             state_dir: self.state_dir.or(base.state_dir),
             labels: self.labels.or(base.labels),
             log_format: self.log_format.or(base.log_format),
+            log_level: self.log_level.or(base.log_level),
+            admin_listen: self.admin_listen.or(base.admin_listen),
             max_keys_per_request: self.max_keys_per_request.or(base.max_keys_per_request),
             history: self.history.or(base.history),
             watch_backlog: self.watch_backlog.or(base.watch_backlog),
@@ -226,6 +236,7 @@ impl RawSettings {
                 .map_err(|error| invalid("state-dir", format!("cannot create {}: {error}", dir.display())))?;
         }
         let upstream = self.upstream_settings()?;
+        let log_level = self.log_level()?;
         let labels = self.labels.unwrap_or_default();
         for (name, value) in &labels {
             check_label(name, value)?;
@@ -238,6 +249,13 @@ impl RawSettings {
             state_dir: self.state_dir,
             labels,
             log_format: self.log_format.unwrap_or(LogFormat::Human),
+            log_level,
+            admin_listen: match self.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN) {
+                "" | "none" => None,
+                text => Some(
+                    text.parse().map_err(|_| invalid("admin-listen", format!("{text:?} is not an IP:PORT address")))?,
+                ),
+            },
             max_keys_per_request: positive("max-keys-per-request", self.max_keys_per_request.unwrap_or(1000))?,
             history: positive("history", self.history.unwrap_or(1000))?,
             watch_backlog: positive("watch-backlog", self.watch_backlog.unwrap_or(256))?,
@@ -253,6 +271,13 @@ impl RawSettings {
 }
 
 impl RawSettings {
+    /// The log filter, checked; `main` installs it before the rest is validated.
+    pub fn log_level(&self) -> Result<String, SettingsError> {
+        let level = self.log_level.clone().unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
+        crate::telemetry::parse_filter(&level).map_err(|reason| invalid("log-level", reason))?;
+        Ok(level)
+    }
+
     fn upstream_settings(&self) -> Result<UpstreamSettings, SettingsError> {
         let password = match (&self.upstream_password, &self.upstream_password_file) {
             (Some(_), Some(_)) => {

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod bench;
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod resolve;
 pub mod source;

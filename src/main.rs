@@ -69,7 +69,8 @@ fn main() -> ExitCode {
 
 async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = match args.raw_settings().and_then(|raw| {
-        telemetry::init(raw.log_format.unwrap_or(LogFormat::Human));
+        let filter = telemetry::parse_filter(&raw.log_level()?).map_err(anyhow::Error::msg)?;
+        telemetry::init(raw.log_format.unwrap_or(LogFormat::Human), filter);
         Ok(raw.validate()?)
     }) {
         Ok(settings) => settings,

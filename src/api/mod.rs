@@ -20,16 +20,26 @@ mod server {
 mod watch;
 pub mod wire;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, debug_span};
 
 pub use server::config_service_server::{ConfigService, ConfigServiceServer};
 
 use crate::{
     cache::{ContextCache, Session},
+    metrics::{Method, Metrics},
     model::{Key, KeyError, Rejection, validate_key, validate_prefix},
     resolve::{Labels, OnDemand, SchemaCache, is_label_word},
     store::{Entry, Snapshot, Store},
@@ -44,8 +54,6 @@ pub struct ApiLimits {
     pub max_keys_per_request: usize,
     /// An idle Watch stream gets a PROGRESS message this often.
     pub progress_interval: Duration,
-    /// Bound of the cache of values resolved under request labels.
-    pub context_cache_bytes: u64,
 }
 
 /// Everything that can go wrong serving a request.
@@ -100,6 +108,7 @@ pub struct ConfigApi {
     labels: Arc<Labels>,
     /// Values resolved under request labels.
     context: Arc<ContextCache>,
+    metrics: Arc<Metrics>,
     /// Ends every Watch stream at shutdown.
     drain: CancellationToken,
 }
@@ -113,10 +122,11 @@ impl ConfigApi {
         upstream: Arc<Upstream>,
         limits: ApiLimits,
         labels: Labels,
+        context: Arc<ContextCache>,
+        metrics: Arc<Metrics>,
         drain: CancellationToken,
     ) -> ConfigApi {
-        let context = Arc::new(ContextCache::new(limits.context_cache_bytes));
-        ConfigApi { store, upstream, limits, labels: Arc::new(labels), context, drain }
+        ConfigApi { store, upstream, limits, labels: Arc::new(labels), context, metrics, drain }
     }
 
     /// The labels a request resolves with: `None` for the instance's own (the snapshot),
@@ -200,9 +210,9 @@ pub(crate) fn rejection_to_proto(rejection: &Rejection) -> proto::Rejection {
     }
 }
 
-#[tonic::async_trait]
-impl ConfigService for ConfigApi {
-    async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<wire::GetReply>, Status> {
+/// The handlers; the trait implementation below measures and logs each call.
+impl ConfigApi {
+    async fn get_now(&self, request: Request<proto::GetRequest>) -> Result<Response<wire::GetReply>, Status> {
         let request = request.get_ref();
         check_key(&request.key)?;
         let labels = self.context_labels(&request.labels)?;
@@ -217,7 +227,7 @@ impl ConfigService for ConfigApi {
         }))
     }
 
-    async fn batch_get(
+    async fn batch_get_now(
         &self,
         request: Request<proto::BatchGetRequest>,
     ) -> Result<Response<wire::BatchGetReply>, Status> {
@@ -240,7 +250,7 @@ impl ConfigService for ConfigApi {
         Ok(Response::new(reply))
     }
 
-    async fn list(&self, request: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
+    async fn list_now(&self, request: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
         let prefix = &request.get_ref().prefix;
         check_prefix(prefix)?;
         let snapshot = self.ready_snapshot()?;
@@ -251,9 +261,7 @@ impl ConfigService for ConfigApi {
         Ok(Response::new(proto::ListResponse { keys, revision: snapshot.revision }))
     }
 
-    type WatchStream = watch::WatchStream;
-
-    async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch_now(&self, request: Request<proto::WatchRequest>) -> Result<Response<watch::WatchStream>, Status> {
         let request = request.into_inner();
         self.check_count(request.keys.len() + request.prefixes.len())?;
         for key in &request.keys {
@@ -277,11 +285,11 @@ impl ConfigService for ConfigApi {
         )))
     }
 
-    async fn status(&self, _: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+    async fn status_now(&self, _: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
         let snapshot = self.store.snapshot();
         let upstream = self.upstream.state();
         let rejections = self.store.rejections();
-        let n_watchers = self.store.watchers.load(std::sync::atomic::Ordering::Relaxed);
+        let n_watchers = self.store.watchers.load(Ordering::Relaxed);
         Ok(Response::new(proto::StatusResponse {
             upstream_kind: self.upstream.kind.to_owned(),
             upstream: self.upstream.uri.clone(),
@@ -292,7 +300,7 @@ impl ConfigService for ConfigApi {
             rejections: rejections.iter().map(rejection_to_proto).collect(),
             serving_from_last_known_good: upstream.serving_from_last_known_good,
             watchers: u32::try_from(n_watchers).unwrap_or(u32::MAX),
-            lagged_resyncs: self.store.lagged_resyncs.load(std::sync::atomic::Ordering::Relaxed),
+            lagged_resyncs: self.store.lagged_resyncs.load(Ordering::Relaxed),
             labels: self.labels.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),
             upstream_error: upstream.error.unwrap_or_default(),
             context_cache_entries: self.context.entry_count(),
@@ -300,7 +308,7 @@ impl ConfigService for ConfigApi {
         }))
     }
 
-    async fn explain(
+    async fn explain_now(
         &self,
         request: Request<proto::ExplainRequest>,
     ) -> Result<Response<proto::ExplainResponse>, Status> {
@@ -327,5 +335,58 @@ impl ConfigService for ConfigApi {
             schema: explanation.schema.map(|key| key.to_string()).unwrap_or_default(),
             labels: labels.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),
         }))
+    }
+}
+
+/// Numbers requests, for the spans their log lines carry.
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl ConfigApi {
+    /// Runs one handler inside a span with the method and a request id, and counts it by
+    /// method and status code.
+    async fn measured<T>(&self, method: Method, handler: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+        let span = debug_span!("request", method = method.name(), id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed));
+        let started = Instant::now();
+        let result = handler.instrument(span.clone()).await;
+        let elapsed = started.elapsed();
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.observe(method, code, elapsed);
+        span.in_scope(|| debug!(?code, ?elapsed, "answered"));
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigService for ConfigApi {
+    async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<wire::GetReply>, Status> {
+        self.measured(Method::Get, self.get_now(request)).await
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<proto::BatchGetRequest>,
+    ) -> Result<Response<wire::BatchGetReply>, Status> {
+        self.measured(Method::BatchGet, self.batch_get_now(request)).await
+    }
+
+    async fn list(&self, request: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
+        self.measured(Method::List, self.list_now(request)).await
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<watch::WatchStream>, Status> {
+        self.measured(Method::Watch, self.watch_now(request)).await
+    }
+
+    async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+        self.measured(Method::Status, self.status_now(request)).await
+    }
+
+    async fn explain(
+        &self,
+        request: Request<proto::ExplainRequest>,
+    ) -> Result<Response<proto::ExplainResponse>, Status> {
+        self.measured(Method::Explain, self.explain_now(request)).await
     }
 }

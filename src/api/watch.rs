@@ -260,6 +260,9 @@ impl Stream {
 
     /// The full state of the selection.
     fn state(&mut self, snapshot: &Snapshot, kind: Kind) -> WatchReply {
+        if kind == Kind::Resync {
+            self.store.resyncs_sent.fetch_add(1, Ordering::Relaxed);
+        }
         match &mut self.context {
             None => self.selection.state(snapshot, kind, self.format),
             Some(context) => context.state(&self.selection, snapshot, kind, self.format),

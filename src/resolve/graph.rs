@@ -3,6 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use std::fmt::Write;
+
+use super::Resolver;
 use crate::model::Key;
 
 /// Strongly connected components of the graph restricted to `nodes`, each listed after
@@ -128,4 +131,37 @@ pub fn cycle_path<'a>(component: &'a [Key], deps: impl Fn(&Key) -> Vec<&'a Key>)
         }
     }
     start.to_string()
+}
+
+/// The dependency graph as Graphviz DOT: edges labelled `extends`, `reference` or
+/// `schema`; modules in `rejected` (key → reason) in red, missing targets dashed.
+pub fn dot(resolver: &Resolver, rejected: &BTreeMap<String, String>) -> String {
+    let mut out = String::from("digraph config {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+    let mut missing = BTreeSet::new();
+    for (key, edges) in resolver.edges() {
+        match rejected.get(key.as_str()) {
+            Some(reason) => {
+                let _ =
+                    writeln!(out, "  {} [color=red, fontcolor=red, tooltip={}];", quote(key.as_str()), quote(reason));
+            }
+            None => {
+                let _ = writeln!(out, "  {};", quote(key.as_str()));
+            }
+        }
+        for (dep, kind) in edges {
+            if resolver.outcome(dep).is_none() {
+                missing.insert(dep.clone());
+            }
+            let _ = writeln!(out, "  {} -> {} [label={}];", quote(key.as_str()), quote(dep.as_str()), quote(kind));
+        }
+    }
+    for key in missing {
+        let _ = writeln!(out, "  {} [style=dashed, color=red, tooltip=\"no such module\"];", quote(key.as_str()));
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }

@@ -19,6 +19,7 @@ mod parse;
 mod resolver;
 mod template;
 
+pub use graph::dot;
 pub use module::{EXTENDS, Explanation, Failure, ModuleDocs, SCHEMA, SchemaCache};
 pub use name::{Labels, ModuleName, NameError, is_label_word, parse_module_name};
 pub use parse::{Format, ParseError, document_module, line_of_offset, parse_document};

@@ -46,6 +46,17 @@ impl Modules {
         self.by_key.get(key).map(|docs| &**docs)
     }
 
+    /// Every document with the name of the module it belongs to.
+    pub fn documents(&self) -> impl Iterator<Item = (ModuleName, Arc<Value>)> + '_ {
+        self.by_key.iter().flat_map(|(key, docs)| {
+            let base = docs.base.iter().map(move |document| (ModuleName::base(key.clone()), document.clone()));
+            let overlays = docs.overlays.iter().map(move |(overlay, document)| {
+                (ModuleName { key: key.clone(), overlay: overlay.clone() }, document.clone())
+            });
+            base.chain(overlays)
+        })
+    }
+
     /// Every key with a document, its own or an overlay.
     pub fn all_keys(&self) -> impl Iterator<Item = &Key> {
         self.by_key.keys()

@@ -121,6 +121,8 @@ pub struct Store {
     pub watchers: AtomicUsize,
     /// Watch streams collapsed into a RESYNC because they fell behind.
     pub lagged_resyncs: AtomicU64,
+    /// RESYNC messages sent, for any reason.
+    pub resyncs_sent: AtomicU64,
 }
 
 impl Store {
@@ -136,6 +138,7 @@ impl Store {
             ready: watch::Sender::new(false),
             watchers: AtomicUsize::new(0),
             lagged_resyncs: AtomicU64::new(0),
+            resyncs_sent: AtomicU64::new(0),
         });
         (store.clone(), Publisher { store })
     }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::{
     model::{Key, Revision},
-    resolve::{ModuleName, Modules, parse_module_name},
+    resolve::{Modules, parse_module_name},
 };
 
 const MAGIC: &str = "veltrix-state";
@@ -65,17 +65,7 @@ impl SavedState {
         entries: impl Iterator<Item = (String, Value)>,
         modules: &Modules,
     ) -> SavedState {
-        let mut documents = BTreeMap::new();
-        for key in modules.all_keys() {
-            let Some(docs) = modules.get(key) else { continue };
-            if let Some(base) = &docs.base {
-                documents.insert(key.to_string(), (**base).clone());
-            }
-            for (overlay, document) in &docs.overlays {
-                let name = ModuleName { key: key.clone(), overlay: overlay.clone() };
-                documents.insert(name.to_string(), (**document).clone());
-            }
-        }
+        let documents = modules.documents().map(|(name, document)| (name.to_string(), (*document).clone())).collect();
         SavedState { source: source.to_owned(), revision, entries: entries.collect(), documents }
     }
 

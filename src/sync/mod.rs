@@ -13,7 +13,7 @@ mod pipeline;
 pub use pipeline::{Outcome, Pipeline};
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::SystemTime,
 };
 
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
+    metrics::Metrics,
     resolve::Labels,
     source::{SourceEvent, Update},
     store::Publisher,
@@ -72,10 +73,12 @@ struct Applier {
     last_known_good: Option<LastKnownGood>,
 }
 
-/// Where accepted states are saved, and the source they belong to.
+/// Where accepted states are saved, the source they belong to, and the counters of
+/// writes.
 pub struct LastKnownGood {
     pub file: StateFile,
     pub source: String,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Applier {
@@ -113,9 +116,13 @@ impl Applier {
                 let snapshot = self.publisher.store().snapshot();
                 let entries = snapshot.entries.iter().map(|(key, entry)| (key.to_string(), (*entry.value).clone()));
                 let state = SavedState::new(&last_known_good.source, revision, entries, &snapshot.modules);
-                if let Err(error) = last_known_good.file.save(&state) {
-                    warn!(%error, "cannot save the last-known-good state; the previous one stays");
-                }
+                match last_known_good.file.save(&state) {
+                    Ok(()) => last_known_good.metrics.last_known_good_writes.fetch_add(1, Ordering::Relaxed),
+                    Err(error) => {
+                        warn!(%error, "cannot save the last-known-good state; the previous one stays");
+                        last_known_good.metrics.last_known_good_failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
             }
             // After the save: once this is logged, a crash restarts at this revision.
             info!(revision, n_changes, "published");

@@ -1,6 +1,7 @@
 //! Integration tests: real servers on 127.0.0.1:0 and unix sockets in temp dirs, asserted
 //! through a tonic client, and the real binary for the command line.
 
+mod admin;
 mod api;
 mod cli;
 mod etcd;

@@ -42,6 +42,8 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 pub struct Sidecar {
     pub dir: TempDir,
     pub addr: String,
+    /// The admin server's address, unless the test turned it off.
+    pub admin: Option<String>,
     pub socket: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), app::AppError>>>,
@@ -67,17 +69,19 @@ impl Sidecar {
             listen: Some("127.0.0.1:0".into()),
             socket: Some(socket.display().to_string()),
             debounce: Some("20ms".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
             ..Default::default()
         };
         let settings = extra.over(raw).validate().expect("test settings are valid");
         let listeners = Listeners::bind(&settings).await.expect("bind");
         let addr = listeners.tcp_addr().expect("tcp listener").to_string();
+        let admin = listeners.admin_addr().map(|addr| addr.to_string());
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app::run(settings, listeners, async {
             let _ = stopped.await;
         }));
         let sidecar =
-            Sidecar { dir, addr, socket, shutdown: Some(shutdown), task: Some(task), _socket_dir: socket_dir };
+            Sidecar { dir, addr, admin, socket, shutdown: Some(shutdown), task: Some(task), _socket_dir: socket_dir };
         let mut client = sidecar.client().await;
         within("the first snapshot", async {
             while client.status(proto::StatusRequest {}).await.map(|s| s.into_inner().revision).unwrap_or(0) == 0 {
@@ -150,10 +154,10 @@ impl StoreServer {
         let (store, publisher) = Store::new(limits);
         let upstream = Arc::new(Upstream::new("test", "test://".into()));
         let drain = CancellationToken::new();
-        let (router, _health) =
-            app::local_api(store.clone(), upstream, api, BTreeMap::new(), drain.clone()).await.expect("services");
+        let shared = app::Shared::new(store.clone(), upstream, BTreeMap::new(), 1 << 20);
+        let (router, _health) = app::local_api(&shared, api, drain.clone()).await.expect("services");
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let listeners = Listeners { tcp: Some(tcp), unix: None };
+        let listeners = Listeners { tcp: Some(tcp), unix: None, admin: None };
         let addr = listeners.tcp_addr().expect("tcp").to_string();
         let servers = app::serve(router, listeners, &drain);
         StoreServer { addr, publisher, store, drain, _servers: servers }
@@ -182,7 +186,7 @@ impl Drop for StoreServer {
 }
 
 pub fn default_api_limits() -> ApiLimits {
-    ApiLimits { max_keys_per_request: 1000, progress_interval: Duration::from_secs(10), context_cache_bytes: 1 << 20 }
+    ApiLimits { max_keys_per_request: 1000, progress_interval: Duration::from_secs(10) }
 }
 
 /// A client of the sidecar at `addr`, once it accepts connections.
@@ -244,6 +248,8 @@ impl Serve {
             .arg("serve")
             .args(args)
             .env("VELTRIX_LOG_FORMAT", "json")
+            // Tests run side by side: no fixed admin port.
+            .env("VELTRIX_ADMIN_LISTEN", "127.0.0.1:0")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start serve");
