@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod cli;
+mod deploy;
 mod etcd;
 mod files;
 mod last_known_good;
