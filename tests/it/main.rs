@@ -5,6 +5,7 @@ mod admin;
 mod api;
 mod cli;
 mod deploy;
+mod engine;
 mod etcd;
 mod files;
 mod last_known_good;
