@@ -7,6 +7,7 @@ mod cli;
 mod deploy;
 mod engine;
 mod etcd;
+mod examples;
 mod files;
 mod last_known_good;
 mod resolve;
