@@ -176,6 +176,18 @@ impl Store {
     }
 }
 
+/// A change-set ready to publish, and the snapshot it makes.
+pub struct Pending {
+    snapshot: Arc<Snapshot>,
+    change: Arc<ChangeSet>,
+}
+
+impl Pending {
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
 /// The one writer of a [`Store`].
 pub struct Publisher {
     store: Arc<Store>,
@@ -197,6 +209,17 @@ impl Publisher {
         changes: BTreeMap<Key, Option<Arc<Value>>>,
         modules: Option<Arc<Modules>>,
     ) -> Option<Revision> {
+        let pending = self.prepare(changes, modules)?;
+        Some(self.publish(pending))
+    }
+
+    /// The next snapshot and change-set, not yet visible to anyone, so that they can be
+    /// made durable first; `None` when nothing changed (see [`Publisher::apply`]).
+    pub fn prepare(
+        &self,
+        changes: BTreeMap<Key, Option<Arc<Value>>>,
+        modules: Option<Arc<Modules>>,
+    ) -> Option<Pending> {
         let previous = self.store.snapshot();
         let revision = previous.revision + 1;
         let mut entries = previous.entries.clone();
@@ -224,6 +247,13 @@ impl Publisher {
         }
         let modules = modules.unwrap_or_else(|| previous.modules.clone());
         let change = Arc::new(ChangeSet { revision, upserts, deletes });
+        Some(Pending { snapshot: Arc::new(Snapshot { revision, entries, modules }), change })
+    }
+
+    /// Makes a prepared change visible: history, snapshot, then the event feed.
+    pub fn publish(&mut self, pending: Pending) -> Revision {
+        let Pending { snapshot, change } = pending;
+        let revision = snapshot.revision;
         {
             let mut history = self.store.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if history.len() == self.store.history_len {
@@ -233,11 +263,11 @@ impl Publisher {
                 history.push_back(change.clone());
             }
         }
-        self.store.current.store(Arc::new(Snapshot { revision, entries, modules }));
+        self.store.current.store(snapshot);
         // No receivers is not an error: nobody is watching right now.
         let _ = self.store.events.send(Event::Change(change));
         self.store.ready.send_replace(true);
-        Some(revision)
+        revision
     }
 
     /// Publishes a state saved by an earlier run, at the revision it had then, so that

@@ -111,22 +111,23 @@ impl Applier {
             warn!(key = %rejection.key, serving_previous = rejection.serving_previous, "config rejected: {rejection}");
         }
         let n_changes = outcome.changes.len();
-        if let Some(revision) = self.publisher.apply(outcome.changes, outcome.modules) {
-            if let Some(last_known_good) = &self.last_known_good {
-                let snapshot = self.publisher.store().snapshot();
-                let entries = snapshot.entries.iter().map(|(key, entry)| (key.to_string(), (*entry.value).clone()));
-                let state = SavedState::new(&last_known_good.source, revision, entries, &snapshot.modules);
-                match last_known_good.file.save(&state) {
-                    Ok(()) => last_known_good.metrics.last_known_good_writes.fetch_add(1, Ordering::Relaxed),
-                    Err(error) => {
-                        warn!(%error, "cannot save the last-known-good state; the previous one stays");
-                        last_known_good.metrics.last_known_good_failures.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-            // After the save: once this is logged, a crash restarts at this revision.
-            info!(revision, n_changes, "published");
+        let Some(pending) = self.publisher.prepare(outcome.changes, outcome.modules) else { return };
+        // Saved before it is published: a revision a client has seen is never lost in a
+        // crash, and never issued again with other contents after a restart.
+        if let Some(last_known_good) = &self.last_known_good {
+            let snapshot = pending.snapshot();
+            let entries = snapshot.entries.iter().map(|(key, entry)| (key.to_string(), (*entry.value).clone()));
+            let state = SavedState::new(&last_known_good.source, snapshot.revision, entries, &snapshot.modules);
+            match last_known_good.file.save(&state) {
+                Ok(()) => last_known_good.metrics.last_known_good_writes.fetch_add(1, Ordering::Relaxed),
+                Err(error) => {
+                    warn!(%error, "cannot save the last-known-good state; the previous one stays");
+                    last_known_good.metrics.last_known_good_failures.fetch_add(1, Ordering::Relaxed)
+                }
+            };
         }
+        let revision = self.publisher.publish(pending);
+        info!(revision, n_changes, "published");
     }
 }
 

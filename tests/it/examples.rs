@@ -42,11 +42,12 @@ fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
 
 fn next_line_starting(lines: &mpsc::Receiver<String>, prefix: &str) -> String {
     let deadline = Instant::now() + DEADLINE;
+    let mut skipped = Vec::new();
     loop {
         match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) if line.starts_with(prefix) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no line starting with {prefix:?}"),
+            Ok(line) => skipped.push(line),
+            Err(_) => panic!("no line starting with {prefix:?}; the example printed {skipped:?}"),
         }
     }
 }
@@ -106,4 +107,75 @@ fn the_python_example_reads_watches_and_resumes_after_a_restart() {
     let _restarted = Serve::start(&args);
     assert!(next_line_starting(&lines, "reconnect ").starts_with("reconnect 2 "));
     assert_eq!(next_line_starting(&lines, "change "), r#"change server/tick 3 {"rate":20}"#);
+}
+
+#[test]
+fn the_cpp_example_publishes_each_change_to_its_game_loop_and_resumes_after_a_restart() {
+    let cmake = Command::new("sh").args(["-c", "command -v cmake && pkg-config --exists grpc++"]).output();
+    if !cmake.is_ok_and(|output| output.status.success()) {
+        assert!(
+            std::env::var(REQUIRE_SERVICES).as_deref() != Ok("1"),
+            "the C++ example is required ({REQUIRE_SERVICES}=1) but CMake or gRPC C++ is missing; run scripts/install-test-services"
+        );
+        eprintln!("skipping: CMake or gRPC C++ is not installed (scripts/install-test-services installs them)");
+        return;
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let build = tempfile::tempdir().expect("temp dir");
+    for args in [
+        vec![
+            "-S".into(),
+            repo.join("examples/cpp").display().to_string(),
+            "-B".into(),
+            build.path().display().to_string(),
+        ],
+        vec!["--build".into(), build.path().display().to_string(), "-j2".into()],
+    ] {
+        let built = Command::new("cmake").args(&args).output().expect("cmake");
+        assert!(
+            built.status.success(),
+            "cmake {args:?}: {}{}",
+            String::from_utf8_lossy(&built.stdout),
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+
+    let run = tempfile::tempdir().expect("temp dir");
+    let config = run.path().join("config");
+    write(&config, "server/tick.yaml", "rate: 30\n");
+    let (socket, state) = (run.path().join("s.sock"), run.path().join("state"));
+    let args = [
+        "--listen",
+        "none",
+        "--source",
+        config.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--socket",
+        socket.to_str().expect("utf-8"),
+    ];
+    let mut sidecar = Serve::start(&args);
+    let mut example = KillOnDrop(
+        Command::new(build.path().join("engine_client"))
+            .arg("server/tick")
+            .env("VELTRIX_SIDECAR_ADDR", format!("unix:{}", socket.display()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the example"),
+    );
+    let lines = lines_of(&mut example.0);
+    assert_eq!(next_line_starting(&lines, "ready "), "ready 1");
+    assert!(next_line_starting(&lines, "tick ").ends_with(r#"revision 1 {"rate":30}"#));
+
+    write(&config, "server/tick.yaml", "rate: 60\n");
+    assert!(next_line_starting(&lines, "tick ").ends_with(r#"revision 2 {"rate":60}"#));
+
+    sidecar.kill();
+    write(&config, "server/tick.yaml", "rate: 20\n");
+    std::thread::sleep(Duration::from_millis(100));
+    let _restarted = Serve::start(&args);
+    assert!(
+        next_line_starting(&lines, "tick ").ends_with(r#"revision 3 {"rate":20}"#),
+        "the change made while it was down"
+    );
 }
