@@ -156,30 +156,16 @@ async fn probes_and_debug_views() {
 
 #[tokio::test]
 async fn readiness_waits_for_configuration() {
-    let run = tempfile::tempdir().expect("temp dir");
-    let config = run.path().join("config");
-    let socket = run.path().join("s.sock");
-    let state = run.path().join("state");
     // With a state directory, a missing config directory is an outage to wait out.
-    let serve = Serve::start(&[
-        "--listen",
-        "none",
-        "--rescan-interval",
-        "100ms",
-        "--source",
-        config.to_str().expect("utf-8"),
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-        "--socket",
-        socket.to_str().expect("utf-8"),
-    ]);
+    let dirs = ServeDirs::new();
+    let serve = Serve::start(dirs.args(&["--rescan-interval", "100ms"]));
     let line = serve.log_line(&["serving the admin endpoints"]);
     let admin =
         line.split("\"addr\":\"").nth(1).and_then(|rest| rest.split('"').next()).expect("the admin address").to_owned();
     assert_eq!(http(&admin, "GET", "/readyz", "").await.0, 503);
     assert_eq!(http(&admin, "GET", "/healthz", "").await.0, 200, "alive while not ready");
-    std::fs::create_dir(&config).expect("mkdir");
-    write(&config, "a.json", "{}");
+    std::fs::create_dir(&dirs.config).expect("mkdir");
+    write(&dirs.config, "a.json", "{}");
     within("readiness", async {
         while http(&admin, "GET", "/readyz", "").await.0 != 200 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -191,7 +177,7 @@ async fn readiness_waits_for_configuration() {
     assert_eq!(http(&admin, "GET", "/debug/log-level", "").await, (200, "info\n".to_owned()));
     assert_eq!(http(&admin, "PUT", "/debug/log-level", "no such=level=").await.0, 400);
     assert_eq!(http(&admin, "PUT", "/debug/log-level", "debug").await, (200, "debug\n".to_owned()));
-    let mut client = connect_when_up(&format!("unix:{}", socket.display())).await;
+    let mut client = connect_when_up(&dirs.addr()).await;
     get_json(&mut client, "a").await.expect("get");
     let answered = serve.log_line(&["\"answered\"", "\"method\":\"Get\""]);
     assert!(answered.contains("\"id\":"), "a request id in the span: {answered}");

@@ -78,29 +78,16 @@ async fn live_config_follows_edits_and_keeps_the_last_good_shape() {
 
 #[tokio::test]
 async fn live_config_resumes_after_a_sidecar_restart_without_missing_a_change() {
-    let run = tempfile::tempdir().expect("temp dir");
-    let config = run.path().join("config");
-    write(&config, "server/tick.yaml", TICK);
-    let socket = run.path().join("s.sock");
-    let state = run.path().join("state");
-    let args = [
-        "--listen",
-        "none",
-        "--source",
-        config.to_str().expect("utf-8"),
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-        "--socket",
-        socket.to_str().expect("utf-8"),
-    ];
-    let mut first = Serve::start(&args);
-    let client = Client::connect(&format!("unix:{}", socket.display())).await.expect("client");
+    let dirs = ServeDirs::new();
+    write(&dirs.config, "server/tick.yaml", TICK);
+    let mut first = Serve::start(dirs.args(&[]));
+    let client = Client::connect(&dirs.addr()).await.expect("client");
     let mut live: LiveConfig<Tick> = LiveConfig::subscribe(&client, "server/tick", DEADLINE).await.expect("subscribe");
     assert_eq!(live.load().rate, 30);
 
     first.kill();
-    write(&config, "server/tick.yaml", "rate: 20\nmax_players: 64\n");
-    let _second = Serve::start(&args);
+    write(&dirs.config, "server/tick.yaml", "rate: 20\nmax_players: 64\n");
+    let _second = Serve::start(dirs.args(&[]));
     within("the change made while the sidecar was down", live.changed()).await;
     assert_eq!(*live.load(), Tick { rate: 20, max_players: 64 });
 }

@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     services::REQUIRE_SERVICES,
-    support::{DEADLINE, KillOnDrop, Serve, write},
+    support::{DEADLINE, KillOnDrop, Serve, ServeDirs, write},
 };
 
 /// The Python with the examples' packages, as `scripts/test` installs it.
@@ -67,27 +67,15 @@ fn the_python_example_reads_watches_and_resumes_after_a_restart() {
         .expect("grpc_tools.protoc");
     assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
 
-    let run = tempfile::tempdir().expect("temp dir");
-    let config = run.path().join("config");
-    write(&config, "server/tick.yaml", "rate: 30\n");
-    write(&config, "matchmaking/rules.json", r#"{"party": 4}"#);
-    let (socket, state) = (run.path().join("s.sock"), run.path().join("state"));
-    let args = [
-        "--listen",
-        "none",
-        "--source",
-        config.to_str().expect("utf-8"),
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-        "--socket",
-        socket.to_str().expect("utf-8"),
-    ];
-    let mut sidecar = Serve::start(&args);
+    let dirs = ServeDirs::new();
+    write(&dirs.config, "server/tick.yaml", "rate: 30\n");
+    write(&dirs.config, "matchmaking/rules.json", r#"{"party": 4}"#);
+    let mut sidecar = Serve::start(dirs.args(&[]));
     let mut example = KillOnDrop(
         Command::new(&python)
             .arg(repo.join("examples/python/engine_client.py"))
             .args(["server/tick", "matchmaking/rules"])
-            .env("VELTRIX_SIDECAR_ADDR", format!("unix:{}", socket.display()))
+            .env("VELTRIX_SIDECAR_ADDR", dirs.addr())
             .env("PYTHONPATH", stubs.path())
             .stdout(Stdio::piped())
             .spawn()
@@ -97,14 +85,14 @@ fn the_python_example_reads_watches_and_resumes_after_a_restart() {
     assert_eq!(next_line_starting(&lines, "get "), r#"get server/tick 1 {"rate":30}"#);
     assert_eq!(next_line_starting(&lines, "batch "), "batch 1 server/tick,matchmaking/rules");
 
-    write(&config, "server/tick.yaml", "rate: 60\n");
+    write(&dirs.config, "server/tick.yaml", "rate: 60\n");
     assert_eq!(next_line_starting(&lines, "change "), r#"change server/tick 2 {"rate":60}"#);
 
     // The sidecar restarts; a change made meanwhile still arrives, once.
     sidecar.kill();
-    write(&config, "server/tick.yaml", "rate: 20\n");
+    write(&dirs.config, "server/tick.yaml", "rate: 20\n");
     std::thread::sleep(Duration::from_millis(100));
-    let _restarted = Serve::start(&args);
+    let _restarted = Serve::start(dirs.args(&[]));
     assert!(next_line_starting(&lines, "reconnect ").starts_with("reconnect 2 "));
     assert_eq!(next_line_starting(&lines, "change "), r#"change server/tick 3 {"rate":20}"#);
 }
@@ -140,25 +128,13 @@ fn the_cpp_example_publishes_each_change_to_its_game_loop_and_resumes_after_a_re
         );
     }
 
-    let run = tempfile::tempdir().expect("temp dir");
-    let config = run.path().join("config");
-    write(&config, "server/tick.yaml", "rate: 30\n");
-    let (socket, state) = (run.path().join("s.sock"), run.path().join("state"));
-    let args = [
-        "--listen",
-        "none",
-        "--source",
-        config.to_str().expect("utf-8"),
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-        "--socket",
-        socket.to_str().expect("utf-8"),
-    ];
-    let mut sidecar = Serve::start(&args);
+    let dirs = ServeDirs::new();
+    write(&dirs.config, "server/tick.yaml", "rate: 30\n");
+    let mut sidecar = Serve::start(dirs.args(&[]));
     let mut example = KillOnDrop(
         Command::new(build.path().join("engine_client"))
             .arg("server/tick")
-            .env("VELTRIX_SIDECAR_ADDR", format!("unix:{}", socket.display()))
+            .env("VELTRIX_SIDECAR_ADDR", dirs.addr())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the example"),
@@ -167,13 +143,13 @@ fn the_cpp_example_publishes_each_change_to_its_game_loop_and_resumes_after_a_re
     assert_eq!(next_line_starting(&lines, "ready "), "ready 1");
     assert!(next_line_starting(&lines, "tick ").ends_with(r#"revision 1 {"rate":30}"#));
 
-    write(&config, "server/tick.yaml", "rate: 60\n");
+    write(&dirs.config, "server/tick.yaml", "rate: 60\n");
     assert!(next_line_starting(&lines, "tick ").ends_with(r#"revision 2 {"rate":60}"#));
 
     sidecar.kill();
-    write(&config, "server/tick.yaml", "rate: 20\n");
+    write(&dirs.config, "server/tick.yaml", "rate: 20\n");
     std::thread::sleep(Duration::from_millis(100));
-    let _restarted = Serve::start(&args);
+    let _restarted = Serve::start(dirs.args(&[]));
     assert!(
         next_line_starting(&lines, "tick ").ends_with(r#"revision 3 {"rate":20}"#),
         "the change made while it was down"

@@ -242,7 +242,7 @@ pub struct Serve {
 }
 
 impl Serve {
-    pub fn start(args: &[&str]) -> Serve {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Serve {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veltrix-sidecar"))
             .arg("serve")
@@ -305,5 +305,41 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A config directory, a state directory and a socket path in one temp dir: what a test
+/// needs to run the binary on files, and to restart it where it was.
+pub struct ServeDirs {
+    pub config: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    _run: TempDir,
+}
+
+impl ServeDirs {
+    pub fn new() -> ServeDirs {
+        let run = tempfile::tempdir().expect("temp dir");
+        ServeDirs {
+            config: run.path().join("config"),
+            state: run.path().join("state"),
+            socket: run.path().join("s.sock"),
+            _run: run,
+        }
+    }
+
+    /// `serve` arguments: these directories, the unix socket only, and `extra`.
+    pub fn args(&self, extra: &[&str]) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--listen".into(), "none".into()];
+        for (flag, path) in [("--source", &self.config), ("--state-dir", &self.state), ("--socket", &self.socket)] {
+            args.push(flag.into());
+            args.push(path.into());
+        }
+        args.extend(extra.iter().map(Into::into));
+        args
+    }
+
+    pub fn addr(&self) -> String {
+        format!("unix:{}", self.socket.display())
     }
 }
