@@ -61,7 +61,7 @@ fn client_commands_against_a_running_sidecar_and_sigterm() {
     std::fs::write(config.path().join("features.json"), r#"{"night_mode": true}"#).expect("write");
     let run_dir = tempfile::tempdir().expect("temp dir");
     let socket = run_dir.path().join("sidecar.sock");
-    let mut serve = Serve::start(&[
+    let mut serve = Serve::start([
         "--listen",
         "none",
         "--debounce",

@@ -247,14 +247,14 @@ async fn a_sidecar_killed_while_etcd_is_down_restarts_on_its_last_known_good_sta
     ];
     let addr = format!("unix:{}", socket.display());
 
-    let mut first = Serve::start(&args);
+    let mut first = Serve::start(args);
     first.log_line(&["\"published\"", "\"revision\":1,"]);
     writer.put("items.json", r#"{"sword": 41}"#).await;
     first.log_line(&["\"published\"", "\"revision\":2,"]);
     first.kill();
     etcd.kill();
 
-    let second = Serve::start(&args);
+    let second = Serve::start(args);
     second.log_line(&["serving the last-known-good state"]);
     let mut client = connect_when_up(&addr).await;
     assert_eq!(get_json(&mut client, "loot").await.expect("served at once").0, json!({"dmg": 41}));
@@ -269,7 +269,7 @@ async fn a_sidecar_killed_while_etcd_is_down_restarts_on_its_last_known_good_sta
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&state_file, bytes).expect("write state");
-    let third = Serve::start(&args);
+    let third = Serve::start(args);
     let refused = third.log_line(&["ignoring the last-known-good state"]);
     assert!(refused.contains("checksum mismatch"), "{refused}");
     let mut client = connect_when_up(&addr).await;
@@ -406,7 +406,7 @@ async fn tls_with_client_certificates_and_user_password_auth() {
     // A wrong password is an upstream error that says so.
     let run = tempfile::tempdir().expect("temp dir");
     let socket = run.path().join("s.sock");
-    let wrong = Serve::start(&[
+    let wrong = Serve::start([
         "--listen",
         "none",
         "--socket",

@@ -91,7 +91,7 @@ fn a_damaged_state_file_is_refused_with_a_clear_log_line() {
     // A valid header over a body whose checksum does not match.
     std::fs::write(state.path().join("last-known-good"), b"veltrix-state 1 00000000 2\n{}").expect("write");
 
-    let serve = Serve::start(&[
+    let serve = Serve::start([
         "--listen",
         "none",
         "--source",

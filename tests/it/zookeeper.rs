@@ -63,7 +63,7 @@ async fn an_expired_session_is_survived_and_what_changed_meanwhile_arrives() {
     let run = tempfile::tempdir().expect("temp dir");
     let socket = run.path().join("s.sock");
     let source = format!("zk://{}{ROOT}", zookeeper.servers());
-    let serve = Serve::start(&[
+    let serve = Serve::start([
         "--listen",
         "none",
         "--session-timeout",
