@@ -260,7 +260,7 @@ fn restore_last_known_good(last_known_good: &LastKnownGood, publisher: &mut Publ
     match last_known_good.file.load(&last_known_good.source) {
         Ok(Some(state)) => {
             let (entries, modules) = state.restore();
-            if publisher.restore(state.revision, entries, modules) {
+            if publisher.restore(state.epoch, state.revision, entries, modules) {
                 upstream.update(|upstream| upstream.serving_from_last_known_good = true);
                 info!(revision = state.revision, path = %last_known_good.file.path().display(), "serving the last-known-good state; upstream not yet reached");
             }

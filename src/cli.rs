@@ -293,6 +293,7 @@ pub async fn watch(
             start_revision: from_revision,
             format: proto::ValueFormat::Json.into(),
             labels,
+            ..Default::default()
         })
         .await
         .context("watch")?

@@ -68,8 +68,9 @@ bool WaitServing(const std::shared_ptr<grpc::Channel>& channel, std::chrono::sec
   return false;
 }
 
-// Follows `key` until `stop`, publishing each accepted value into `current`.
-void Watch(const std::shared_ptr<grpc::Channel>& channel, const std::string& key,
+// Follows `key` until `stop`, publishing each accepted value into `current`. A revision
+// only means something in its history (`epoch`), so both are passed back on resume.
+void Watch(const std::shared_ptr<grpc::Channel>& channel, const std::string& key, uint64_t epoch,
            std::shared_ptr<const Config>* current, const std::atomic<bool>& stop) {
   auto config = ConfigService::NewStub(channel);
   uint64_t seen = std::atomic_load(current)->revision;
@@ -83,12 +84,14 @@ void Watch(const std::shared_ptr<grpc::Channel>& channel, const std::string& key
     WatchRequest request;
     request.add_keys(key);
     request.set_start_revision(seen);
+    request.set_epoch(epoch);
     auto stream = config->Watch(&context, request);
     WatchResponse message;
     while (stream->Read(&message)) {
       backoff = 0.05;
       if (message.kind() == WatchResponse::PROGRESS || message.kind() == WatchResponse::REJECTED) continue;
       seen = message.revision();
+      epoch = message.epoch();
       for (const auto& entry : message.entries()) {
         if (entry.key() != key) continue;
         auto next = std::make_shared<const Config>(Config{message.revision(), entry.json()});
@@ -136,7 +139,7 @@ int main(int argc, char** argv) {
   std::cout << "ready " << response.revision() << std::endl;
 
   std::atomic<bool> stop{false};
-  std::thread watcher(Watch, channel, key, &current, std::cref(stop));
+  std::thread watcher(Watch, channel, key, response.epoch(), &current, std::cref(stop));
 
   // The game loop: one atomic load per tick, whatever the network does.
   uint64_t shown = 0;

@@ -58,16 +58,17 @@ def main(keys):
     batch = config.BatchGet(config_pb2.BatchGetRequest(keys=keys))
     print("batch", batch.revision, ",".join(entry.key for entry in batch.entries), flush=True)
 
-    seen = batch.revision
+    # A revision only means something in its history (epoch): pass both back.
+    seen, epoch = batch.revision, batch.epoch
     delay = 0.05
     while True:
-        request = config_pb2.WatchRequest(keys=keys, start_revision=seen)
+        request = config_pb2.WatchRequest(keys=keys, start_revision=seen, epoch=epoch)
         try:
             for message in config.Watch(request):
                 delay = 0.05
                 if message.kind in (config_pb2.WatchResponse.PROGRESS, config_pb2.WatchResponse.REJECTED):
                     continue
-                seen = message.revision
+                seen, epoch = message.revision, message.epoch
                 for entry in message.entries:
                     print("change", entry.key, message.revision, entry.json.decode(), flush=True)
         except grpc.RpcError as error:

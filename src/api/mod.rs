@@ -224,6 +224,7 @@ impl ConfigApi {
         Ok(Response::new(wire::GetReply {
             entry: encoded(&entry, format_of(request.format)),
             revision: snapshot.revision,
+            epoch: self.store.epoch(),
         }))
     }
 
@@ -240,7 +241,8 @@ impl ConfigApi {
         let snapshot = self.ready_snapshot()?;
         let mut session = labels.as_ref().map(|labels| self.context.session(&snapshot, labels));
         let format = format_of(request.format);
-        let mut reply = wire::BatchGetReply { revision: snapshot.revision, ..Default::default() };
+        let mut reply =
+            wire::BatchGetReply { revision: snapshot.revision, epoch: self.store.epoch(), ..Default::default() };
         for key in &request.keys {
             match self.entry(&snapshot, session.as_mut(), key)? {
                 Some(entry) => reply.entries.push(encoded(&entry, format)),
@@ -278,7 +280,7 @@ impl ConfigApi {
             self.store.clone(),
             selection,
             context,
-            request.start_revision,
+            watch::Start { revision: request.start_revision, epoch: request.epoch },
             format,
             self.limits.progress_interval,
             self.drain.clone(),
@@ -305,6 +307,7 @@ impl ConfigApi {
             upstream_error: upstream.error.unwrap_or_default(),
             context_cache_entries: self.context.entry_count(),
             upstream_revision: upstream.revision.unwrap_or(0),
+            epoch: self.store.epoch(),
         }))
     }
 

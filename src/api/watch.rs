@@ -144,6 +144,12 @@ impl Context {
     }
 }
 
+/// Where a stream starts: after `revision` of the history `epoch` (0: any).
+pub struct Start {
+    pub revision: Revision,
+    pub epoch: u64,
+}
+
 /// Counts the stream in `Store::watchers` for as long as it lives.
 struct WatcherGuard(Arc<Store>);
 
@@ -164,14 +170,14 @@ pub fn spawn(
     store: Arc<Store>,
     selection: Selection,
     context: Option<Context>,
-    start_revision: Revision,
+    start: Start,
     format: ValueFormat,
     progress_interval: Duration,
     drain: CancellationToken,
 ) -> WatchStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let stream = Stream { store, selection, context, format, tx, drain };
-    tokio::spawn(stream.run(start_revision, progress_interval));
+    tokio::spawn(stream.run(start, progress_interval));
     ReceiverStream::new(rx)
 }
 
@@ -188,7 +194,7 @@ struct Stream {
 struct Stopped;
 
 impl Stream {
-    async fn run(mut self, start_revision: Revision, progress_interval: Duration) {
+    async fn run(mut self, start: Start, progress_interval: Duration) {
         let _guard = WatcherGuard::new(self.store.clone());
         // Subscribe before reading the snapshot so that no change falls between the two.
         let mut events = self.store.subscribe();
@@ -197,7 +203,7 @@ impl Stream {
             _ = self.tx.closed() => return,
             _ = self.store.wait_ready() => {}
         }
-        let Ok(mut sent) = self.start(start_revision).await else { return };
+        let Ok(mut sent) = self.start(start).await else { return };
 
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + progress_interval, progress_interval);
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -208,7 +214,7 @@ impl Stream {
                 _ = progress.tick() => {
                     let reply = WatchReply { kind: Kind::Progress.into(), revision: sent, ..Default::default() };
                     // A stream whose buffer is full is not idle; it needs no heartbeat.
-                    let _ = self.tx.try_send(Ok(reply));
+                    let _ = self.tx.try_send(Ok(self.stamped(reply)));
                     continue;
                 }
                 event = events.recv() => match event {
@@ -270,22 +276,26 @@ impl Stream {
     }
 
     /// Sends what the client needs to be current, and returns the revision it is at.
-    async fn start(&mut self, start_revision: Revision) -> Result<Revision, Stopped> {
+    async fn start(&mut self, start: Start) -> Result<Revision, Stopped> {
         let snapshot = self.store.snapshot();
         let current = snapshot.revision;
+        let start_revision = start.revision;
+        // A revision of another history (a sidecar that restarted without its saved
+        // state) says nothing about this one, whatever its number.
+        let same_history = start.epoch == 0 || start.epoch == self.store.epoch();
         if start_revision == 0 {
             let reply = self.state(&snapshot, Kind::Snapshot);
             self.send(reply).await?;
             return Ok(current);
         }
-        if start_revision == current {
+        if start_revision == current && same_history {
             // What the client holds is what comparisons start from.
             let _ = self.state(&snapshot, Kind::Snapshot);
             return Ok(current);
         }
         // A revision from the future was not issued by this store, and the history holds
         // change-sets for the instance's labels only: both start over explicitly.
-        let missed = if start_revision < current && self.context.is_none() {
+        let missed = if same_history && start_revision < current && self.context.is_none() {
             self.store.changes_since(start_revision, current)
         } else {
             None
@@ -306,9 +316,15 @@ impl Stream {
         Ok(current)
     }
 
+    /// Every message says which revision history its revision belongs to.
+    fn stamped(&self, mut reply: WatchReply) -> WatchReply {
+        reply.epoch = self.store.epoch();
+        reply
+    }
+
     async fn send(&self, reply: WatchReply) -> Result<(), Stopped> {
         tokio::select! {
-            sent = self.tx.send(Ok(reply)) => sent.map_err(|_| Stopped),
+            sent = self.tx.send(Ok(self.stamped(reply))) => sent.map_err(|_| Stopped),
             _ = self.drain.cancelled() => Err(Stopped),
         }
     }

@@ -25,6 +25,8 @@ pub struct GetReply {
     pub entry: Bytes,
     #[prost(uint64, tag = "2")]
     pub revision: u64,
+    #[prost(uint64, tag = "3")]
+    pub epoch: u64,
 }
 
 /// Wire-identical to `BatchGetResponse`.
@@ -36,6 +38,8 @@ pub struct BatchGetReply {
     pub revision: u64,
     #[prost(string, repeated, tag = "3")]
     pub missing: Vec<String>,
+    #[prost(uint64, tag = "4")]
+    pub epoch: u64,
 }
 
 /// Wire-identical to `WatchResponse`.
@@ -51,6 +55,8 @@ pub struct WatchReply {
     pub deleted: Vec<String>,
     #[prost(message, repeated, tag = "5")]
     pub rejections: Vec<proto::Rejection>,
+    #[prost(uint64, tag = "6")]
+    pub epoch: u64,
 }
 
 /// The `Entry` message in both value formats: (JSON text, `google.protobuf.Value`).

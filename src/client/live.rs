@@ -54,6 +54,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> LiveConfig<T> {
             revisions,
             last_error: last_error.clone(),
             seen: response.revision,
+            epoch: response.epoch,
         };
         let follower = tokio::spawn(follower.run());
         Ok(LiveConfig { current, revision, last_error, follower })
@@ -90,8 +91,9 @@ struct Follower<T> {
     current: Arc<ArcSwap<T>>,
     revisions: watch::Sender<u64>,
     last_error: Arc<ArcSwapOption<String>>,
-    /// The last sidecar revision seen, to resume after.
+    /// The last sidecar revision seen, to resume after, and the history it belongs to.
     seen: u64,
+    epoch: u64,
 }
 
 impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
@@ -109,8 +111,12 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
 
     /// Follows one Watch stream until it ends.
     async fn stream(&mut self, backoff: &mut Backoff) -> Result<(), tonic::Status> {
-        let request =
-            proto::WatchRequest { keys: vec![self.key.clone()], start_revision: self.seen, ..Default::default() };
+        let request = proto::WatchRequest {
+            keys: vec![self.key.clone()],
+            start_revision: self.seen,
+            epoch: self.epoch,
+            ..Default::default()
+        };
         let mut stream = self.client.api().watch(request).await?.into_inner();
         while let Some(message) = stream.message().await? {
             backoff.reset();
@@ -123,6 +129,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
                 }
                 Kind::Snapshot | Kind::Resync | Kind::Change => {
                     self.seen = message.revision;
+                    self.epoch = message.epoch;
                     match message.entries.iter().find(|entry| entry.key == self.key) {
                         Some(entry) => match serde_json::from_slice::<T>(&entry.json) {
                             Ok(value) => {

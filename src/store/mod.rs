@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, VecDeque},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -123,6 +123,9 @@ pub struct Store {
     pub lagged_resyncs: AtomicU64,
     /// RESYNC messages sent, for any reason.
     pub resyncs_sent: AtomicU64,
+    /// Identifies this revision history: new at each start, unless a saved state is
+    /// restored, so that revisions of another history are never taken for these.
+    epoch: AtomicU64,
 }
 
 impl Store {
@@ -139,12 +142,17 @@ impl Store {
             watchers: AtomicUsize::new(0),
             lagged_resyncs: AtomicU64::new(0),
             resyncs_sent: AtomicU64::new(0),
+            epoch: AtomicU64::new(new_epoch()),
         });
         (store.clone(), Publisher { store })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 
     pub fn rejections(&self) -> Arc<Vec<Rejection>> {
@@ -174,6 +182,17 @@ impl Store {
         // The sender lives as long as the store, so this cannot fail while we hold `self`.
         let _ = ready.wait_for(|ready| *ready).await;
     }
+}
+
+/// A fresh, non-zero epoch: random per start.
+fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }
 
 /// A change-set ready to publish, and the snapshot it makes.
@@ -274,13 +293,15 @@ impl Publisher {
     /// revisions keep increasing across restarts. Only before anything else is published.
     pub fn restore(
         &mut self,
+        epoch: u64,
         revision: Revision,
         entries: BTreeMap<Key, Option<Arc<Value>>>,
         modules: Modules,
     ) -> bool {
-        if self.store.snapshot().is_ready() || revision == 0 {
+        if self.store.snapshot().is_ready() || revision == 0 || epoch == 0 {
             return false;
         }
+        self.store.epoch.store(epoch, Ordering::Relaxed);
         let entries = entries
             .into_iter()
             .filter_map(|(key, value)| Some((key.clone(), Arc::new(Entry::new(key, value?, revision)))))

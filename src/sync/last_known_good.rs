@@ -51,6 +51,10 @@ pub enum StateError {
 pub struct SavedState {
     /// The source URI the state came from; a state from another source is not used.
     pub source: String,
+    /// The revision history the revision belongs to, restored with it. States saved
+    /// before epochs existed read as 0, which starts a new history.
+    #[serde(default)]
+    pub epoch: u64,
     pub revision: Revision,
     /// Resolved values served at `revision`, by key.
     pub entries: BTreeMap<String, Value>,
@@ -61,12 +65,13 @@ pub struct SavedState {
 impl SavedState {
     pub fn new(
         source: &str,
+        epoch: u64,
         revision: Revision,
         entries: impl Iterator<Item = (String, Value)>,
         modules: &Modules,
     ) -> SavedState {
         let documents = modules.documents().map(|(name, document)| (name.to_string(), (*document).clone())).collect();
-        SavedState { source: source.to_owned(), revision, entries: entries.collect(), documents }
+        SavedState { source: source.to_owned(), epoch, revision, entries: entries.collect(), documents }
     }
 
     /// The entries as store changes, and the documents as resolution inputs. Names that

@@ -117,7 +117,8 @@ impl Applier {
         if let Some(last_known_good) = &self.last_known_good {
             let snapshot = pending.snapshot();
             let entries = snapshot.entries.iter().map(|(key, entry)| (key.to_string(), (*entry.value).clone()));
-            let state = SavedState::new(&last_known_good.source, snapshot.revision, entries, &snapshot.modules);
+            let epoch = self.publisher.store().epoch();
+            let state = SavedState::new(&last_known_good.source, epoch, snapshot.revision, entries, &snapshot.modules);
             match last_known_good.file.save(&state) {
                 Ok(()) => last_known_good.metrics.last_known_good_writes.fetch_add(1, Ordering::Relaxed),
                 Err(error) => {

@@ -36,7 +36,8 @@ async fn a_restarted_sidecar_serves_the_last_known_good_state_until_the_upstream
         }
     })
     .await;
-    let revision = status(&mut client).await.revision;
+    let before = status(&mut client).await;
+    let revision = before.revision;
     first.stop().await;
 
     // The upstream is gone while the sidecar restarts.
@@ -49,6 +50,7 @@ async fn a_restarted_sidecar_serves_the_last_known_good_state_until_the_upstream
     let restarted = status(&mut client).await;
     assert!(restarted.serving_from_last_known_good);
     assert_eq!(restarted.revision, revision, "revisions continue from the saved state");
+    assert_eq!(restarted.epoch, before.epoch, "in the same history");
     let down = within("the outage to be reported", async {
         loop {
             let status = status(&mut client).await;

@@ -183,3 +183,28 @@ async fn a_file_edit_reaches_a_watcher_as_one_change_with_a_higher_revision() {
     assert!(end.is_none(), "ended with {end:?}");
     assert!(!socket.exists(), "the socket file is removed at shutdown");
 }
+
+#[tokio::test]
+async fn a_revision_from_another_history_gets_a_resync_whatever_its_number() {
+    let mut server = StoreServer::start(LIMITS, default_api_limits()).await;
+    for n in 1..=5 {
+        server.publish(&[("k", Some(json!({ "n": n })))]);
+    }
+    let mut client = server.client().await;
+    let epoch = client.status(proto::StatusRequest {}).await.expect("status").into_inner().epoch;
+    assert_ne!(epoch, 0);
+
+    let mut same = watch(&mut client, proto::WatchRequest { start_revision: 3, epoch, ..Default::default() }).await;
+    let next = next_event(&mut same).await;
+    assert_eq!((next.kind(), next.revision, next.epoch), (Kind::Change, 4, epoch));
+
+    // A sidecar restarted without its saved state starts another history: the same
+    // numbers mean other contents there.
+    for start_revision in [3, 5] {
+        let request = proto::WatchRequest { start_revision, epoch: epoch ^ 1, ..Default::default() };
+        let mut other = watch(&mut client, request).await;
+        let resync = next_event(&mut other).await;
+        assert_eq!((resync.kind(), resync.revision), (Kind::Resync, 5), "from {start_revision}");
+        assert_eq!(values(&resync)["k"], json!({"n": 5}));
+    }
+}
