@@ -309,12 +309,7 @@ pub async fn watch(
             Kind::Change => {}
             Kind::Rejected => {
                 for rejection in &message.rejections {
-                    let line = if rejection.line > 0 { format!(":{}", rejection.line) } else { String::new() };
-                    writeln!(
-                        out,
-                        "[{revision}] rejected {}: {}{line}: {}",
-                        rejection.key, rejection.origin, rejection.reason
-                    )?;
+                    writeln!(out, "[{revision}] rejected {}: {}", rejection.key, located(rejection))?;
                 }
             }
         }
@@ -361,13 +356,25 @@ pub async fn status(client: &ClientArgs) -> anyhow::Result<()> {
         println!("rejected:  none");
     } else {
         println!("rejected:");
-        for rejection in status.rejections {
-            let line = if rejection.line > 0 { format!(":{}", rejection.line) } else { String::new() };
+        for rejection in &status.rejections {
             let kept = if rejection.serving_previous { " (previous value still served)" } else { "" };
-            println!("  {}: {}{line}: {}{kept}", rejection.key, rejection.origin, rejection.reason);
+            println!("  {}: {}{kept}", rejection.key, located(rejection));
         }
     }
     Ok(())
+}
+
+/// `origin:line: reason`, as compilers print it; without `:line` when there is none.
+fn located(rejection: &proto::Rejection) -> String {
+    let line = Some(rejection.line).filter(|line| *line > 0);
+    Rejection {
+        key: rejection.key.clone(),
+        origin: rejection.origin.clone(),
+        line,
+        reason: rejection.reason.clone(),
+        serving_previous: rejection.serving_previous,
+    }
+    .to_string()
 }
 
 pub async fn explain(key: &str, context: &ContextArgs, client: &ClientArgs) -> anyhow::Result<()> {
