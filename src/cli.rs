@@ -88,6 +88,9 @@ pub enum Bench {
     /// Resolution of a generated configuration, one incremental change, and Get latency
     /// while changes are being resolved.
     Resolve(crate::bench::ResolveBench),
+    /// Load a running sidecar (at --addr) with Get, BatchGet or Watch, and print
+    /// throughput and latency percentiles.
+    Load(crate::bench::LoadBench),
 }
 
 /// Labels a client command sends as its context.

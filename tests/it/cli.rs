@@ -114,3 +114,65 @@ fn client_commands_against_a_running_sidecar_and_sigterm() {
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
     assert!(!socket.exists(), "the socket file is removed");
 }
+
+#[tokio::test]
+async fn bench_load_counts_what_it_sent_and_watch_fan_out_sees_every_change() {
+    let sidecar = crate::support::Sidecar::start(&[("server/tick.yaml", "rate: 30\n")]).await;
+    let output = tokio::task::spawn_blocking({
+        let addr = sidecar.addr.clone();
+        move || run(&["bench", "load", "--addr", &addr, "--key", "server/tick", "--requests", "500", "--json"])
+    })
+    .await
+    .expect("bench");
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!((report["requests"].as_u64(), report["errors"].as_u64()), (Some(500), Some(0)));
+    assert!(
+        report["latency_us"]["p99"].as_u64().unwrap_or(0) >= report["latency_us"]["p50"].as_u64().unwrap_or(u64::MAX)
+    );
+
+    let watch = tokio::task::spawn_blocking({
+        let addr = sidecar.addr.clone();
+        move || {
+            let args = [
+                "bench",
+                "load",
+                "--rpc",
+                "watch",
+                "--addr",
+                &addr,
+                "--key",
+                "server/tick",
+                "--concurrency",
+                "50",
+                "--duration",
+                "3s",
+                "--json",
+            ];
+            run(&args)
+        }
+    });
+    let mut client = sidecar.client().await;
+    crate::support::within("the bench's 50 streams", async {
+        loop {
+            let status =
+                client.status(veltrix_sidecar::api::proto::StatusRequest {}).await.expect("status").into_inner();
+            if status.watchers == 50 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for rate in [31, 32, 33] {
+        sidecar.write("server/tick.yaml", &format!("rate: {rate}\n"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let output = watch.await.expect("bench");
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["streams"].as_u64(), Some(50));
+    assert_eq!(report["change_sets"].as_u64(), Some(3), "{report}");
+    assert_eq!(report["change_sets_seen_by_every_stream"].as_u64(), Some(3), "{report}");
+    sidecar.stop().await;
+}

@@ -1,0 +1,10 @@
+//! `veltrix-sidecar bench`: commands that print figures.
+//!
+//! - `bench resolve`: the configuration layer, and Get latency while it works;
+//! - `bench load`: a load generator for a running sidecar's API.
+
+mod load;
+mod resolve;
+
+pub use load::{LoadBench, Rpc, load};
+pub use resolve::{ResolveBench, resolve};
