@@ -56,12 +56,6 @@ impl ContextCache {
         self.entries.entry_count()
     }
 
-    /// Bytes held by the weigher's count; never above the bound once evictions are done.
-    pub fn weighted_size(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.weighted_size()
-    }
-
     /// Resolves modules of one snapshot under `labels`, sharing work between them.
     pub fn session<'a>(&'a self, snapshot: &'a Snapshot, labels: &'a Arc<Labels>) -> Session<'a> {
         Session { cache: self, snapshot, labels, on_demand: OnDemand::new(&snapshot.modules, labels, &self.schemas) }

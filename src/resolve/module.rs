@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use super::{
     Labels, ModuleName,
     merge::Layered,
+    name::overlay_applies,
     template::{referenced_keys, substitute},
 };
 use crate::model::Key;
@@ -56,11 +57,7 @@ pub struct Explanation {
 
 /// Overlays that apply to `labels`, least specific first; ties broken by name.
 fn applicable_overlays<'a>(docs: &'a ModuleDocs, labels: &Labels) -> Vec<(&'a Labels, &'a Arc<Value>)> {
-    let mut overlays: Vec<_> = docs
-        .overlays
-        .iter()
-        .filter(|(overlay, _)| overlay.iter().all(|(name, value)| labels.get(name) == Some(value)))
-        .collect();
+    let mut overlays: Vec<_> = docs.overlays.iter().filter(|(overlay, _)| overlay_applies(overlay, labels)).collect();
     overlays.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
     overlays
 }

@@ -28,7 +28,7 @@ impl ModuleName {
 
     /// Whether this overlay applies to an instance with `labels`.
     pub fn applies_to(&self, labels: &Labels) -> bool {
-        self.overlay.iter().all(|(name, value)| labels.get(name) == Some(value))
+        overlay_applies(&self.overlay, labels)
     }
 }
 
@@ -73,6 +73,11 @@ pub fn parse_module_name(stem: &str) -> Result<ModuleName, NameError> {
         return Err(NameError::Label(String::new()));
     }
     Ok(ModuleName { key, overlay })
+}
+
+/// Whether an overlay's labels are all among `labels`.
+pub fn overlay_applies(overlay: &Labels, labels: &Labels) -> bool {
+    overlay.iter().all(|(name, value)| labels.get(name) == Some(value))
 }
 
 /// Label names and values: non-empty, `A-Z a-z 0-9 _ . -`.

@@ -57,11 +57,6 @@ impl Modules {
         })
     }
 
-    /// Every key with a document, its own or an overlay.
-    pub fn all_keys(&self) -> impl Iterator<Item = &Key> {
-        self.by_key.keys()
-    }
-
     /// Every module key that has a document of its own.
     pub fn keys(&self) -> impl Iterator<Item = &Key> {
         self.by_key.iter().filter(|(_, docs)| docs.base.is_some()).map(|(key, _)| key)
