@@ -1,4 +1,4 @@
-//! Compiles the local API with protox (pure Rust, so no system `protoc` is needed)
+//! Compiles the local API and the relay API with protox (pure Rust, so no system `protoc` is needed)
 //! and writes the descriptor set that server reflection serves.
 //!
 //! Messages and the client come from `config.proto` as usual. The server is generated
@@ -12,6 +12,7 @@ use std::{env, error::Error, fs, path::PathBuf};
 use prost::Message;
 
 const PROTO: &str = "proto/veltrix/config/v1/config.proto";
+const RELAY_PROTO: &str = "proto/veltrix/relay/v1/relay.proto";
 const ETCD_PROTO: &str = "proto/etcd/api/etcdserverpb/rpc.proto";
 const PACKAGE: &str = "veltrix.config.v1";
 const SERVICE: &str = "ConfigService";
@@ -21,6 +22,7 @@ const PRE_ENCODED: &[(&str, &str)] =
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO}");
+    println!("cargo:rerun-if-changed={RELAY_PROTO}");
     println!("cargo:rerun-if-changed=proto/etcd");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
@@ -59,6 +61,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         service = service.method(builder.build());
     }
+    // What relays serve to sidecars: client and server, as generated.
+    let relay_fds = protox::compile([RELAY_PROTO], ["proto"])?;
+    fs::write(out_dir.join("relay_descriptor.bin"), relay_fds.encode_to_vec())?;
+    tonic_prost_build::configure().bytes(".veltrix.relay.v1.Document.content").compile_fds(relay_fds)?;
+
     // The etcd v3 API, for the etcd source: clients only.
     let etcd_fds = protox::compile([ETCD_PROTO], ["proto"])?;
     tonic_prost_build::configure().build_server(false).compile_fds(etcd_fds)?;

@@ -49,7 +49,7 @@ fn reads(c: &mut Criterion) {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr").to_string();
         // Detached: the servers live until the process ends.
-        std::mem::forget(app::serve(router, Listeners { tcp: Some(tcp), unix: None, admin: None }, &drain));
+        std::mem::forget(app::serve(router, Listeners { tcp: Some(tcp), tls: None, unix: None, admin: None }, &drain));
         let client = Client::connect(&addr).await.expect("client");
         let live: LiveConfig<Tick> =
             LiveConfig::subscribe(&client, "server/tick", Duration::from_secs(5)).await.expect("subscribe");

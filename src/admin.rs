@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     app::Shared,
-    metrics::{self, Gauges},
+    metrics::{self, Gauges, RelayGauges},
     resolve::Resolver,
     telemetry::LogControl,
 };
@@ -73,7 +73,7 @@ async fn handle(admin: &Shared, peer: SocketAddr, request: Request<Incoming>) ->
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if admin.store.snapshot().is_ready() {
+            if admin.store.snapshot().is_ready() && admin.relay.as_ref().is_none_or(|hub| hub.state().ready) {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet\n")
@@ -134,6 +134,16 @@ fn gauges(admin: &Shared) -> Gauges {
         slow_reader_resyncs: admin.store.lagged_resyncs.load(Ordering::Relaxed),
         context_cache_entries: admin.context.entry_count(),
         serving_from_last_known_good: upstream.serving_from_last_known_good,
+        relay: admin.relay.as_ref().map(|hub| {
+            let state = hub.state();
+            RelayGauges {
+                revision: state.revision,
+                documents: state.n_documents(),
+                clients: hub.clients.load(Ordering::Relaxed),
+                long_polls: hub.long_polls.load(Ordering::Relaxed),
+                resyncs_sent: hub.resyncs_sent.load(Ordering::Relaxed),
+            }
+        }),
     }
 }
 

@@ -25,20 +25,26 @@ use tonic::transport::{
     server::{Router, TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::{
+    layer::util::{Identity, Stack},
+    util::Either,
+};
 use tracing::{error, info, warn};
 
 use crate::{
     admin,
     api::{ApiLimits, ConfigApi, ConfigServiceServer, proto},
     cache::ContextCache,
-    config::{Settings, SourceUri},
+    config::{Role, Settings, SourceUri},
     metrics::Metrics,
+    relay::{Gate, Hub, RELAY_SERVICE_NAME, RelayApi, Token},
     resolve::Labels,
     source::{
         SourceEvent,
         etcd::{EtcdSettings, EtcdSource},
         file::{FileSource, FileSourceSettings},
         follow,
+        relay::{RelaySettings, RelaySource},
         zookeeper::{ZooKeeperSettings, ZooKeeperSource},
     },
     store::{Publisher, Store, StoreLimits},
@@ -84,19 +90,29 @@ pub struct Shared {
     pub context: Arc<ContextCache>,
     /// The instance's labels.
     pub labels: Labels,
+    /// The upstream's documents as served to sidecars, in the relay role.
+    pub relay: Option<Arc<Hub>>,
+    /// The bearer token requests must carry, when one is set.
+    pub token: Option<Token>,
 }
 
 impl Shared {
     pub fn new(store: Arc<Store>, upstream: Arc<Upstream>, labels: Labels, context_cache_bytes: u64) -> Shared {
         let metrics = Arc::new(Metrics::default());
         let context = Arc::new(ContextCache::new(context_cache_bytes, metrics.clone()));
-        Shared { store, upstream, metrics, context, labels }
+        Shared { store, upstream, metrics, context, labels, relay: None, token: None }
     }
 }
+
+/// The services of a listener, behind the token check and the long-poll route when the
+/// settings ask for them.
+pub type ApiRouter = Router<Stack<Either<Gate, Identity>, Identity>>;
 
 /// The sockets the local API and the admin server are served on.
 pub struct Listeners {
     pub tcp: Option<TcpListener>,
+    /// TLS on the TCP listener.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub unix: Option<(UnixListener, PathBuf)>,
     pub admin: Option<TcpListener>,
 }
@@ -115,7 +131,7 @@ impl Listeners {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::BindTcp { addr, source })?),
             None => None,
         };
-        Ok(Listeners { tcp, unix, admin })
+        Ok(Listeners { tcp, tls: settings.tls.clone(), unix, admin })
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -142,13 +158,14 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {
     Ok(listener)
 }
 
-/// The local API's gRPC services: config, health and reflection. Health says NOT_SERVING
-/// until the store has a snapshot, and again once `drain` fires.
+/// The API's gRPC services: config, health and reflection, and the relay's Watch and
+/// long-poll in the relay role. Health says NOT_SERVING until the store has a snapshot,
+/// and again once `drain` fires.
 pub async fn local_api(
     shared: &Shared,
     limits: ApiLimits,
     drain: CancellationToken,
-) -> Result<(Router, HealthReporter), AppError> {
+) -> Result<(ApiRouter, HealthReporter), AppError> {
     let store = shared.store.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
@@ -171,18 +188,31 @@ pub async fn local_api(
         shared.labels.clone(),
         shared.context.clone(),
         shared.metrics.clone(),
-        drain,
+        drain.clone(),
     );
-    let reflection = tonic_reflection::server::Builder::configure()
+    let mut reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    if shared.relay.is_some() {
+        reflection = reflection.register_encoded_file_descriptor_set(crate::relay::proto::FILE_DESCRIPTOR_SET);
+    }
+    let gate = (shared.token.is_some() || shared.relay.is_some()).then(|| Gate {
+        token: shared.token.clone(),
+        hub: shared.relay.clone(),
+        metrics: shared.metrics.clone(),
+        drain: drain.clone(),
+    });
+    let relay = shared.relay.clone().map(|hub| RelayApi::new(hub, limits.progress_interval, drain.clone()));
     let router = Server::builder()
+        // Long-polls come over HTTP/1.1 too, through proxies that speak nothing else.
+        .accept_http1(shared.relay.is_some())
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(tower::util::option_layer(gate))
         .add_service(ConfigServiceServer::new(api))
         .add_service(health_service)
-        .add_service(reflection);
+        .add_service(reflection.build_v1()?)
+        .add_optional_service(relay);
     Ok((router, health))
 }
 
@@ -190,23 +220,34 @@ pub async fn local_api(
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health.set_service_status(CONFIG_SERVICE_NAME, status).await;
+    health.set_service_status(RELAY_SERVICE_NAME, status).await;
 }
 
 /// Serves `router` on every listener until `drain` fires.
 pub fn serve(
-    router: Router,
+    router: ApiRouter,
     listeners: Listeners,
     drain: &CancellationToken,
 ) -> JoinSet<Result<(), tonic::transport::Error>> {
     let mut servers = JoinSet::new();
     if let Some(listener) = listeners.tcp {
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "serving the local API on TCP");
-        }
-        // tonic's own nodelay setting does not reach a listener bound outside it.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let addr = listener.local_addr().map(|addr| addr.to_string()).unwrap_or_default();
         let (router, drain) = (router.clone(), drain.clone());
-        servers.spawn(async move { router.serve_with_incoming_shutdown(incoming, drain.cancelled_owned()).await });
+        match listeners.tls {
+            Some(config) => {
+                info!(%addr, "serving the API on TCP with TLS");
+                let incoming = crate::tls::incoming(listener, config, drain.clone());
+                servers
+                    .spawn(async move { router.serve_with_incoming_shutdown(incoming, drain.cancelled_owned()).await });
+            }
+            None => {
+                info!(%addr, "serving the API on TCP");
+                // tonic's own nodelay setting does not reach a listener bound outside it.
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                servers
+                    .spawn(async move { router.serve_with_incoming_shutdown(incoming, drain.cancelled_owned()).await });
+            }
+        }
     }
     if let Some((listener, path)) = listeners.unix {
         info!(path = %path.display(), "serving the local API on a unix socket");
@@ -251,6 +292,18 @@ fn spawn_source(settings: &Settings, events: mpsc::Sender<SourceEvent>, drain: C
             });
             tokio::spawn(follow(source, events, upstream.backoff.clone(), drain))
         }
+        SourceUri::Relay { transport, tls, endpoints, prefix } => {
+            let source = RelaySource::new(RelaySettings {
+                transport: *transport,
+                endpoints: endpoints.clone(),
+                prefix: prefix.clone(),
+                tls: upstream.tls.clone().filter(|_| *tls),
+                token: upstream.token.clone(),
+                connect_timeout: upstream.connect_timeout,
+                max_document_bytes: settings.max_document_bytes,
+            });
+            tokio::spawn(follow(source, events, upstream.backoff.clone(), drain))
+        }
     }
 }
 
@@ -280,7 +333,16 @@ pub async fn run(
     let (store, mut publisher) =
         Store::new(StoreLimits { history: settings.history, watch_backlog: settings.watch_backlog });
     let upstream = Arc::new(Upstream::new(settings.source.kind(), settings.source.to_string()));
-    let shared = Arc::new(Shared::new(store, upstream.clone(), settings.labels.clone(), settings.context_cache_bytes));
+    let hub = (settings.role == Role::Relay).then(|| {
+        // Relays that follow the same etcd or ZooKeeper share its revisions, so a sidecar
+        // can resume on any of them; a directory's revisions are this process's own.
+        let shared_revisions = !matches!(settings.source, SourceUri::File(_));
+        Hub::new(shared_revisions.then(|| settings.source.to_string()), settings.history)
+    });
+    let mut shared = Shared::new(store, upstream.clone(), settings.labels.clone(), settings.context_cache_bytes);
+    shared.relay = hub.clone();
+    shared.token = settings.token.clone();
+    let shared = Arc::new(shared);
 
     let last_known_good = settings.state_dir.as_deref().map(|dir| LastKnownGood {
         file: StateFile::in_dir(dir),
@@ -298,6 +360,7 @@ pub async fn run(
         upstream.clone(),
         settings.labels.clone(),
         last_known_good,
+        hub,
         drain.clone(),
     ));
 

@@ -13,7 +13,7 @@ use tokio_stream::StreamExt;
 use crate::{
     api::{proto, proto::watch_response::Kind, wire::from_proto_value},
     client,
-    config::{LogFormat, RawSettings, parse_label},
+    config::{LogFormat, RawSettings, Role, parse_label},
     model::Rejection,
     resolve::Labels,
     source::file::load_directory,
@@ -119,15 +119,22 @@ pub struct ServeArgs {
     /// A TOML settings file; flags and VELTRIX_* variables override it.
     #[arg(long, env = "VELTRIX_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Upstream source of truth: file://DIR (a plain path means a directory).
+    /// sidecar: serve resolved config to the engine next to it. relay: also serve the
+    /// upstream's documents to sidecars (gRPC Watch and HTTP long-poll). [default: sidecar]
+    #[arg(long, env = "VELTRIX_ROLE")]
+    pub role: Option<Role>,
+    /// Upstream source of truth: file://DIR (a plain path means a directory),
+    /// etcd://HOST:PORT[,...]/PREFIX, zk://HOST:PORT[,...]/PATH, or relays:
+    /// grpc(s)://HOST:PORT[,...][/PREFIX], http(s)://HOST:PORT[,...][/PREFIX].
     /// [default: deploy/examples/config]
     #[arg(long, env = "VELTRIX_SOURCE")]
     pub source: Option<String>,
-    /// Loopback TCP address of the local API, or "none". [default: 127.0.0.1:7070]
+    /// TCP address of the API, or "none": loopback only, except for a relay with TLS and a
+    /// token. [default: 127.0.0.1:7070]
     #[arg(long, env = "VELTRIX_LISTEN")]
     pub listen: Option<String>,
     /// Unix socket of the local API (mode 0660), or "none".
-    /// [default: $XDG_RUNTIME_DIR or /tmp, /veltrix-sidecar.sock]
+    /// [default: $XDG_RUNTIME_DIR or /tmp, /veltrix-sidecar.sock; none for a relay]
     #[arg(long, env = "VELTRIX_SOCKET")]
     pub socket: Option<String>,
     /// Directory for the sidecar's state; created if missing.
@@ -205,6 +212,24 @@ pub struct ServeArgs {
     /// How long shutdown waits for open requests and streams. [default: 5s]
     #[arg(long, env = "VELTRIX_DRAIN_GRACE")]
     pub drain_grace: Option<String>,
+    /// Certificate chain (PEM) for TLS on the TCP listener.
+    #[arg(long, env = "VELTRIX_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "VELTRIX_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token every request must carry; prefer --token-file.
+    #[arg(long, env = "VELTRIX_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token every request must carry.
+    #[arg(long, env = "VELTRIX_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Bearer token sent to relays; prefer --upstream-token-file.
+    #[arg(long, env = "VELTRIX_UPSTREAM_TOKEN", hide_env_values = true)]
+    pub upstream_token: Option<String>,
+    /// File holding the bearer token sent to relays.
+    #[arg(long, env = "VELTRIX_UPSTREAM_TOKEN_FILE")]
+    pub upstream_token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -220,6 +245,7 @@ impl ServeArgs {
             Some(self.labels.iter().map(|label| parse_label(label)).collect::<Result<_, _>>()?)
         };
         let flags = RawSettings {
+            role: self.role,
             source: self.source.clone(),
             listen: self.listen.clone(),
             socket: self.socket.clone(),
@@ -247,6 +273,12 @@ impl ServeArgs {
             backoff_min: self.backoff_min.clone(),
             backoff_max: self.backoff_max.clone(),
             drain_grace: self.drain_grace.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            token: self.token.clone(),
+            token_file: self.token_file.clone(),
+            upstream_token: self.upstream_token.clone(),
+            upstream_token_file: self.upstream_token_file.clone(),
         };
         Ok(flags.over(file))
     }

@@ -6,16 +6,18 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use serde::Deserialize;
 
-use crate::{source::etcd::TlsFiles, sync::backoff::Backoff};
+use crate::{relay::Token, source::etcd::TlsFiles, sync::backoff::Backoff};
 
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub role: Role,
     pub source: SourceUri,
     pub upstream: UpstreamSettings,
     /// `None` when the TCP listener is turned off.
@@ -42,6 +44,39 @@ pub struct Settings {
     pub context_cache_bytes: u64,
     /// How long shutdown waits for open requests and streams.
     pub drain_grace: Duration,
+    /// TLS on the TCP listener (a relay's).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The bearer token every request to the listeners must carry.
+    pub token: Option<Token>,
+}
+
+/// What `serve` is: a sidecar next to an engine, or a relay between the upstream and
+/// many sidecars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Sidecar,
+    Relay,
+}
+
+/// How a sidecar reaches relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayTransport {
+    /// The relay's Watch stream.
+    Grpc,
+    /// Long-polls of `/v1/watch`.
+    Http,
+}
+
+impl RelayTransport {
+    pub fn scheme(self, tls: bool) -> &'static str {
+        match (self, tls) {
+            (RelayTransport::Grpc, false) => "grpc",
+            (RelayTransport::Grpc, true) => "grpcs",
+            (RelayTransport::Http, false) => "http",
+            (RelayTransport::Http, true) => "https",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +92,14 @@ pub enum SourceUri {
         servers: Vec<String>,
         root: String,
     },
+    /// Relays as `HOST:PORT`, tried in turn, and the name prefix of the documents taken
+    /// ("" for all, else ending with '/').
+    Relay {
+        transport: RelayTransport,
+        tls: bool,
+        endpoints: Vec<String>,
+        prefix: String,
+    },
 }
 
 impl SourceUri {
@@ -65,6 +108,7 @@ impl SourceUri {
             SourceUri::File(_) => "file",
             SourceUri::Etcd { .. } => "etcd",
             SourceUri::ZooKeeper { .. } => "zookeeper",
+            SourceUri::Relay { .. } => "relay",
         }
     }
 }
@@ -75,6 +119,9 @@ impl std::fmt::Display for SourceUri {
             SourceUri::File(dir) => write!(f, "file://{}", dir.display()),
             SourceUri::Etcd { endpoints, prefix } => write!(f, "etcd://{}{prefix}", endpoints.join(",")),
             SourceUri::ZooKeeper { servers, root } => write!(f, "zk://{}{root}", servers.join(",")),
+            SourceUri::Relay { transport, tls, endpoints, prefix } => {
+                write!(f, "{}://{}/{prefix}", transport.scheme(*tls), endpoints.join(","))
+            }
         }
     }
 }
@@ -90,6 +137,8 @@ pub struct UpstreamSettings {
     pub session_timeout: Duration,
     /// Between failed sessions with the upstream.
     pub backoff: Backoff,
+    /// Bearer token for relays.
+    pub token: Option<Token>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -118,6 +167,7 @@ pub fn default_socket() -> PathBuf {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSettings {
+    pub role: Option<Role>,
     pub source: Option<String>,
     pub listen: Option<String>,
     pub socket: Option<String>,
@@ -145,6 +195,12 @@ pub struct RawSettings {
     pub session_timeout: Option<String>,
     pub backoff_min: Option<String>,
     pub backoff_max: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub upstream_token: Option<String>,
+    pub upstream_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +235,7 @@ impl RawSettings {
     /// Fields set in `self` win over those in `base`.
     pub fn over(self, base: RawSettings) -> RawSettings {
         RawSettings {
+            role: self.role.or(base.role),
             source: self.source.or(base.source),
             listen: self.listen.or(base.listen),
             socket: self.socket.or(base.socket),
@@ -206,6 +263,12 @@ impl RawSettings {
             session_timeout: self.session_timeout.or(base.session_timeout),
             backoff_min: self.backoff_min.or(base.backoff_min),
             backoff_max: self.backoff_max.or(base.backoff_max),
+            tls_cert: self.tls_cert.or(base.tls_cert),
+            tls_key: self.tls_key.or(base.tls_key),
+            token: self.token.or(base.token),
+            token_file: self.token_file.or(base.token_file),
+            upstream_token: self.upstream_token.or(base.upstream_token),
+            upstream_token_file: self.upstream_token_file.or(base.upstream_token_file),
         }
     }
 
@@ -213,12 +276,26 @@ impl RawSettings {
     pub fn validate(self) -> Result<Settings, SettingsError> {
         // With a state directory, a source directory that is missing at start is an
         // upstream outage that the last-known-good state covers; without one, a mistake.
+        let role = self.role.unwrap_or(Role::Sidecar);
         let source = parse_source(self.source.as_deref().unwrap_or(DEFAULT_SOURCE), self.state_dir.is_none())?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::server_config(cert, key).map_err(|reason| invalid("tls-cert", reason))?)
+            }
+            (None, None) => None,
+            _ => return Err(invalid("tls-cert", "a certificate needs its key, and the other way round")),
+        };
+        let token = secret("token", self.token.as_deref(), self.token_file.as_deref())?;
         let listen = match self.listen.as_deref().unwrap_or(DEFAULT_LISTEN) {
             "" | "none" => None,
-            text => Some(parse_loopback(text)?),
+            text => Some(parse_listen(text, role, tls.is_some(), token.is_some())?),
         };
+        if tls.is_some() && listen.is_none() {
+            return Err(invalid("tls-cert", "TLS is for the TCP listener, which is turned off"));
+        }
         let socket = match self.socket.as_deref() {
+            // A relay's clients are on other hosts.
+            None if role == Role::Relay => None,
             None => Some(default_socket()),
             Some("" | "none") => None,
             Some(path) => Some(PathBuf::from(path)),
@@ -236,12 +313,21 @@ impl RawSettings {
                 .map_err(|error| invalid("state-dir", format!("cannot create {}: {error}", dir.display())))?;
         }
         let upstream = self.upstream_settings()?;
+        if let SourceUri::Relay { tls: true, .. } = &source {
+            if upstream.tls.is_none() {
+                return Err(invalid(
+                    "upstream-ca",
+                    format!("{source} needs the CA that signed the relays' certificates (--upstream-ca)"),
+                ));
+            }
+        }
         let log_level = self.log_level()?;
         let labels = self.labels.unwrap_or_default();
         for (name, value) in &labels {
             check_label(name, value)?;
         }
         let settings = Settings {
+            role,
             source,
             upstream,
             listen,
@@ -265,6 +351,8 @@ impl RawSettings {
             max_document_bytes: positive("max-document-bytes", self.max_document_bytes.unwrap_or(16 << 20))?,
             context_cache_bytes: positive("context-cache-bytes", self.context_cache_bytes.unwrap_or(64 << 20))?,
             drain_grace: duration("drain-grace", self.drain_grace.as_deref().unwrap_or("5s"))?,
+            tls,
+            token,
         };
         Ok(settings)
     }
@@ -317,6 +405,7 @@ impl RawSettings {
             (None, None) => None,
             (None, Some(_)) => return Err(invalid("upstream-ca", "a client certificate needs the CA too")),
         };
+        let token = secret("upstream-token", self.upstream_token.as_deref(), self.upstream_token_file.as_deref())?;
         let backoff_min = duration("backoff-min", self.backoff_min.as_deref().unwrap_or("100ms"))?;
         let backoff_max = duration("backoff-max", self.backoff_max.as_deref().unwrap_or("10s"))?;
         let backoff =
@@ -327,8 +416,22 @@ impl RawSettings {
             connect_timeout: duration("connect-timeout", self.connect_timeout.as_deref().unwrap_or("3s"))?,
             session_timeout: duration("session-timeout", self.session_timeout.as_deref().unwrap_or("10s"))?,
             backoff,
+            token,
         })
     }
+}
+
+/// A secret given directly (an environment variable) or in a file, not both.
+fn secret(setting: &'static str, value: Option<&str>, file: Option<&Path>) -> Result<Option<Token>, SettingsError> {
+    let text = match (value, file) {
+        (Some(_), Some(_)) => return Err(invalid(setting, "give the token or a file holding it, not both")),
+        (Some(text), None) => text.to_owned(),
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).map_err(|error| invalid(setting, format!("{}: {error}", path.display())))?
+        }
+        (None, None) => return Ok(None),
+    };
+    Token::new(&text).map(Some).ok_or_else(|| invalid(setting, "the token is empty"))
 }
 
 fn parse_source(text: &str, must_exist: bool) -> Result<SourceUri, SettingsError> {
@@ -358,10 +461,16 @@ fn parse_source(text: &str, must_exist: bool) -> Result<SourceUri, SettingsError
             let (servers, path) = hosts_and_path(text, rest, "zookeeper")?;
             Ok(SourceUri::ZooKeeper { servers, root: format!("/{path}") })
         }
+        "grpc" | "grpcs" | "http" | "https" => {
+            let (endpoints, path) = hosts_and_path(text, rest, "relay")?;
+            let transport = if scheme.starts_with("grpc") { RelayTransport::Grpc } else { RelayTransport::Http };
+            let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+            Ok(SourceUri::Relay { transport, tls: scheme.ends_with('s'), endpoints, prefix })
+        }
         other => Err(invalid(
             "source",
             format!(
-                "unsupported scheme {other:?} in {text:?}; supported: file://DIR, etcd://HOST:PORT[,...]/PREFIX, zk://HOST:PORT[,...]/PATH"
+                "unsupported scheme {other:?} in {text:?}; supported: file://DIR, etcd://HOST:PORT[,...]/PREFIX, zk://HOST:PORT[,...]/PATH, grpc(s)://RELAY:PORT[,...][/PREFIX], http(s)://RELAY:PORT[,...][/PREFIX]"
             ),
         )),
     }
@@ -383,19 +492,34 @@ fn hosts_and_path(text: &str, rest: &str, what: &str) -> Result<(Vec<String>, St
     Ok((hosts, path.trim_matches('/').to_owned()))
 }
 
-/// The local API is for processes on this host only: it refuses other addresses.
-fn parse_loopback(text: &str) -> Result<SocketAddr, SettingsError> {
+/// A sidecar's local API is for processes on this host only: it refuses other addresses.
+/// A relay serves other hosts, and only with TLS and a token.
+fn parse_listen(text: &str, role: Role, tls: bool, token: bool) -> Result<SocketAddr, SettingsError> {
     let addr: SocketAddr =
         text.parse().map_err(|_| invalid("listen", format!("{text:?} is not an IP:PORT address")))?;
-    if !addr.ip().is_loopback() {
-        return Err(invalid(
+    if addr.ip().is_loopback() {
+        return Ok(addr);
+    }
+    match role {
+        Role::Sidecar => Err(invalid(
             "listen",
             format!(
                 "{addr} is not a loopback address; the local API listens on 127.0.0.1, [::1] or a unix socket only"
             ),
-        ));
+        )),
+        Role::Relay if !tls || !token => Err(invalid(
+            "listen",
+            format!(
+                "{addr} is not a loopback address, so the relay needs TLS (--tls-cert and --tls-key) and a bearer token (--token-file or VELTRIX_TOKEN); missing: {}",
+                match (tls, token) {
+                    (false, false) => "TLS and the token",
+                    (false, true) => "TLS",
+                    _ => "the token",
+                }
+            ),
+        )),
+        Role::Relay => Ok(addr),
     }
-    Ok(addr)
 }
 
 /// Parses `KEY=VALUE` as given to `--label`.

@@ -89,6 +89,8 @@ pub struct Metrics {
     /// Last-known-good states written, and attempts that failed.
     pub last_known_good_writes: AtomicU64,
     pub last_known_good_failures: AtomicU64,
+    /// Requests refused for a missing or wrong bearer token.
+    pub unauthenticated: AtomicU64,
 }
 
 impl Metrics {
@@ -114,6 +116,17 @@ pub struct Gauges {
     pub slow_reader_resyncs: u64,
     pub context_cache_entries: u64,
     pub serving_from_last_known_good: bool,
+    /// Present in the relay role.
+    pub relay: Option<RelayGauges>,
+}
+
+/// What a relay serves to sidecars.
+pub struct RelayGauges {
+    pub revision: i64,
+    pub documents: usize,
+    pub clients: usize,
+    pub long_polls: u64,
+    pub resyncs_sent: u64,
 }
 
 /// The Prometheus text exposition format (version 0.0.4).
@@ -164,7 +177,7 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
         let _ = writeln!(out, "veltrix_grpc_request_duration_seconds_count{{method=\"{name}\"}} {cumulative}");
     }
 
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 7] = [
         ("veltrix_watch_resyncs_total", "RESYNC messages sent to Watch streams, for any reason.", gauges.resyncs_sent),
         (
             "veltrix_watch_slow_reader_resyncs_total",
@@ -190,6 +203,11 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
             "veltrix_last_known_good_write_failures_total",
             "Last-known-good states that could not be written.",
             metrics.last_known_good_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "veltrix_unauthenticated_requests_total",
+            "Requests refused for a missing or wrong bearer token.",
+            metrics.unauthenticated.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, value) in counters {
@@ -241,7 +259,28 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
         header(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {}", format_value(value));
     }
+    if let Some(relay) = &gauges.relay {
+        render_relay(&mut out, relay);
+    }
     out
+}
+
+fn render_relay(out: &mut String, relay: &RelayGauges) {
+    for (name, help, value) in [
+        ("veltrix_relay_long_polls_total", "HTTP long-polls answered or waiting.", relay.long_polls),
+        ("veltrix_relay_resyncs_total", "Whole states sent to clients that could not resume.", relay.resyncs_sent),
+    ] {
+        header(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    for (name, help, value) in [
+        ("veltrix_relay_revision", "Revision of the documents the relay serves.", relay.revision as f64),
+        ("veltrix_relay_documents", "Documents the relay serves.", relay.documents as f64),
+        ("veltrix_relay_clients", "Watch streams and long-polls open on the relay.", relay.clients as f64),
+    ] {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {}", format_value(value));
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -191,12 +191,13 @@ async fn get_latency(bench: &ResolveBench, modules: &[(String, Value)]) -> anyho
     let (router, _health) = app::local_api(&shared, limits, drain.clone()).await?;
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = tcp.local_addr()?.to_string();
-    let _servers = app::serve(router, Listeners { tcp: Some(tcp), unix: None, admin: None }, &drain);
+    let _servers = app::serve(router, Listeners { tcp: Some(tcp), tls: None, unix: None, admin: None }, &drain);
 
     let text = |value: &Value| Ok::<_, std::convert::Infallible>(Bytes::from(value.to_string()));
     let initial = Update {
         full: true,
         upstream_revision: None,
+        epoch: None,
         changes: modules
             .iter()
             .map(|(key, value)| (format!("{key}.json"), Some(text(value).map_err(|e| e.to_string()))))
@@ -247,6 +248,7 @@ async fn get_latency(bench: &ResolveBench, modules: &[(String, Value)]) -> anyho
                 let update = Update {
                     full: false,
                     upstream_revision: None,
+                    epoch: None,
                     changes: [(format!("{key}.json"), Some(Ok(Bytes::from(value.to_string()))))].into(),
                 };
                 let snapshot = publisher.store().snapshot();

@@ -194,7 +194,7 @@ impl EtcdSource {
             }
         }
         info!(revision, n_documents = changes.len(), "listed etcd prefix {}", self.settings.prefix);
-        reporter.update(Update { changes, full: true, upstream_revision: Some(revision) }).await?;
+        reporter.update(Update { changes, full: true, upstream_revision: Some(revision), epoch: None }).await?;
         self.revision = Some(revision);
         Ok(revision)
     }
@@ -257,7 +257,9 @@ impl EtcdSource {
                 by_revision.entry(kv.mod_revision).or_default().insert(name, change);
             }
             for (event_revision, changes) in by_revision {
-                reporter.update(Update { changes, full: false, upstream_revision: Some(event_revision) }).await?;
+                reporter
+                    .update(Update { changes, full: false, upstream_revision: Some(event_revision), epoch: None })
+                    .await?;
                 self.revision = Some(event_revision);
             }
         }
@@ -286,7 +288,7 @@ impl Source for EtcdSource {
     }
 }
 
-async fn tls_config(files: &TlsFiles) -> Result<ClientTlsConfig, SourceError> {
+pub(crate) async fn tls_config(files: &TlsFiles) -> Result<ClientTlsConfig, SourceError> {
     let read = |path: PathBuf| async move {
         tokio::fs::read(&path).await.map_err(|error| SourceError::new(&path.display().to_string(), error))
     };

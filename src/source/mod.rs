@@ -7,9 +7,10 @@
 
 pub mod etcd;
 pub mod file;
+pub mod relay;
 pub mod zookeeper;
 
-use std::{collections::BTreeMap, future::Future};
+use std::{collections::BTreeMap, future::Future, sync::Arc};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -48,6 +49,9 @@ pub struct Update {
     /// The upstream's own revision after this update, where it has one (etcd's
     /// revision, ZooKeeper's zxid).
     pub upstream_revision: Option<i64>,
+    /// The revision space `upstream_revision` belongs to, where the upstream names one (a
+    /// relay does): revisions compare only within one epoch.
+    pub epoch: Option<Arc<str>>,
 }
 
 /// Why a session with the upstream ended.

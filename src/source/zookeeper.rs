@@ -101,7 +101,7 @@ impl Source for ZooKeeperSource {
             .map_err(failed("zookeeper watch"))?;
         let (documents, zxid) = self.list(&client).await?;
         info!(zxid, n_documents = documents.len(), root = %self.settings.root, "listed zookeeper subtree");
-        reporter.update(Update { changes: documents, full: true, upstream_revision: Some(zxid) }).await?;
+        reporter.update(Update { changes: documents, full: true, upstream_revision: Some(zxid), epoch: None }).await?;
         loop {
             let event = tokio::select! {
                 _ = drain.cancelled() => return Ok(()),
@@ -128,7 +128,9 @@ impl Source for ZooKeeperSource {
             };
             let Some(name) = self.name_of(&event.path) else { continue };
             let upstream_revision = (event.zxid > 0).then_some(event.zxid);
-            reporter.update(Update { changes: [(name, change)].into(), full: false, upstream_revision }).await?;
+            reporter
+                .update(Update { changes: [(name, change)].into(), full: false, upstream_revision, epoch: None })
+                .await?;
         }
     }
 }

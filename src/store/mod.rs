@@ -185,7 +185,7 @@ impl Store {
 }
 
 /// A fresh, non-zero epoch: random per start.
-fn new_epoch() -> u64 {
+pub(crate) fn new_epoch() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(

@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     metrics::Metrics,
+    relay::Hub,
     resolve::Labels,
     source::{SourceEvent, Update},
     store::Publisher,
@@ -139,6 +140,7 @@ pub async fn run(
     upstream: Arc<Upstream>,
     labels: Labels,
     last_known_good: Option<LastKnownGood>,
+    relay: Option<Arc<Hub>>,
     drain: CancellationToken,
 ) {
     let mut applier =
@@ -153,7 +155,13 @@ pub async fn run(
         };
         match event {
             SourceEvent::Update(update) => {
+                let relay = relay.clone();
                 let applied = tokio::task::spawn_blocking(move || {
+                    // Sidecars get every document as the upstream has it, whatever this
+                    // process makes of it with its own labels.
+                    if let Some(relay) = relay {
+                        relay.apply(&update);
+                    }
                     applier.apply(update);
                     applier
                 });

@@ -11,6 +11,7 @@ fn update(full: bool, items: &[(&str, Option<&str>)]) -> Update {
     Update {
         full,
         upstream_revision: None,
+        epoch: None,
         changes: items
             .iter()
             .map(|(name, text)| (name.to_string(), text.map(|text| Ok(Bytes::from(text.to_owned())))))

@@ -157,7 +157,7 @@ impl StoreServer {
         let shared = app::Shared::new(store.clone(), upstream, BTreeMap::new(), 1 << 20);
         let (router, _health) = app::local_api(&shared, api, drain.clone()).await.expect("services");
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let listeners = Listeners { tcp: Some(tcp), unix: None, admin: None };
+        let listeners = Listeners { tcp: Some(tcp), tls: None, unix: None, admin: None };
         let addr = listeners.tcp_addr().expect("tcp").to_string();
         let servers = app::serve(router, listeners, &drain);
         StoreServer { addr, publisher, store, drain, _servers: servers }
