@@ -132,3 +132,59 @@ fn settings_file_with_line_numbers() {
     let error = RawSettings::from_file(&path).expect_err("unknown field").to_string();
     assert!(error.contains("sidecar.toml:2: unknown field `listen_typo`"), "{error}");
 }
+
+#[test]
+fn relay_sources_parse_with_failover_lists_and_prefixes() {
+    let parse = |text: &str| parse_source(text, true).expect("valid");
+    assert_eq!(
+        parse("grpc://r1:7443,r2:7443/games/arena"),
+        SourceUri::Relay {
+            transport: RelayTransport::Grpc,
+            tls: false,
+            endpoints: vec!["r1:7443".into(), "r2:7443".into()],
+            prefix: "games/arena/".into(),
+        }
+    );
+    assert_eq!(
+        parse("https://r1:443"),
+        SourceUri::Relay {
+            transport: RelayTransport::Http,
+            tls: true,
+            endpoints: vec!["r1:443".into()],
+            prefix: "".into()
+        }
+    );
+    assert_eq!(parse("grpcs://r1:7443,r2:7443/games").to_string(), "grpcs://r1:7443,r2:7443/games/");
+    assert!(parse_source("grpc://r1/games", true).unwrap_err().to_string().contains("HOST:PORT"));
+    let error = error_of(RawSettings { source: Some("grpcs://r1:7443".into()), ..raw_with_source() });
+    assert!(error.starts_with("upstream-ca:"), "{error}");
+}
+
+#[test]
+fn a_relay_listens_off_loopback_only_with_tls_and_a_token() {
+    let relay = |listen: &str| RawSettings {
+        role: Some(Role::Relay),
+        listen: Some(listen.into()),
+        socket: None,
+        ..raw_with_source()
+    };
+    let error = error_of(relay("0.0.0.0:7443"));
+    assert!(error.contains("missing: TLS and the token"), "{error}");
+    let error = error_of(RawSettings { token: Some("t".into()), ..relay("0.0.0.0:7443") });
+    assert!(error.ends_with("missing: TLS"), "{error}");
+    let error = error_of(RawSettings { token: Some("\n".into()), ..relay("127.0.0.1:7443") });
+    assert!(error.contains("token is empty"), "{error}");
+    let error = error_of(RawSettings { tls_cert: Some("/nonexistent.pem".into()), ..relay("127.0.0.1:7443") });
+    assert!(error.contains("needs its key"), "{error}");
+    let error = error_of(RawSettings {
+        tls_cert: Some("/nonexistent.pem".into()),
+        tls_key: Some("/nonexistent-key.pem".into()),
+        ..relay("127.0.0.1:7443")
+    });
+    assert!(error.starts_with("tls-cert: /nonexistent.pem"), "{error}");
+    // On loopback, neither is needed; and a relay has no unix socket unless asked.
+    let settings = relay("127.0.0.1:7443").validate().expect("valid");
+    assert_eq!(settings.socket, None);
+    let error = error_of(RawSettings { role: None, token: Some("t".into()), ..relay("0.0.0.0:7443") });
+    assert!(error.contains("listens on 127.0.0.1, [::1] or a unix socket only"), "{error}");
+}

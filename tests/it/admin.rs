@@ -24,7 +24,7 @@ pub async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Str
     (status, body)
 }
 
-fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()

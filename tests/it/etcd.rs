@@ -277,48 +277,6 @@ async fn a_sidecar_killed_while_etcd_is_down_restarts_on_its_last_known_good_sta
     assert_eq!(unavailable.code(), tonic::Code::Unavailable);
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
-struct Certificates {
-    dir: tempfile::TempDir,
-}
-
-impl Certificates {
-    fn generate() -> Certificates {
-        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().expect("key");
-        let ca = ca_params.self_signed(&ca_key).expect("CA");
-        let issuer = Issuer::new(ca_params, ca_key);
-        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).expect("write pem");
-        write("ca.pem", ca.pem());
-        for (name, usage) in
-            [("server", ExtendedKeyUsagePurpose::ServerAuth), ("client", ExtendedKeyUsagePurpose::ClientAuth)]
-        {
-            let mut params =
-                CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &issuer).expect("sign");
-            write(&format!("{name}.pem"), cert.pem());
-            write(&format!("{name}-key.pem"), key.serialize_pem());
-        }
-        Certificates { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    fn client_config(&self) -> tonic::transport::ClientTlsConfig {
-        let read = |name: &str| std::fs::read(self.dir.path().join(name)).expect("read pem");
-        tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
-            .identity(tonic::transport::Identity::from_pem(read("client.pem"), read("client-key.pem")))
-    }
-}
-
 #[tokio::test]
 async fn tls_with_client_certificates_and_user_password_auth() {
     use veltrix_sidecar::source::etcd::api::etcdserverpb::{

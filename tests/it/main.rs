@@ -10,6 +10,7 @@ mod etcd;
 mod examples;
 mod files;
 mod last_known_good;
+mod relay;
 mod resolve;
 mod services;
 mod support;

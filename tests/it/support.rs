@@ -267,12 +267,18 @@ impl Serve {
     /// The next log line that contains every one of `parts`.
     pub fn log_line(&self, parts: &[&str]) -> String {
         let deadline = std::time::Instant::now() + DEADLINE;
+        let mut seen = std::collections::VecDeque::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if parts.iter().all(|part| line.contains(part)) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line containing {parts:?}"),
+                Ok(line) => {
+                    seen.push_back(line);
+                    if seen.len() > 10 {
+                        seen.pop_front();
+                    }
+                }
+                Err(_) => panic!("no log line containing {parts:?}; the last lines:\n{}", Vec::from(seen).join("\n")),
             }
         }
     }
@@ -330,10 +336,19 @@ impl ServeDirs {
 
     /// `serve` arguments: these directories, the unix socket only, and `extra`.
     pub fn args(&self, extra: &[&str]) -> Vec<std::ffi::OsString> {
+        self.args_from(self.config.as_os_str(), extra)
+    }
+
+    /// The same, following `source` rather than the config directory.
+    pub fn args_from(&self, source: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> = vec!["--listen".into(), "none".into()];
-        for (flag, path) in [("--source", &self.config), ("--state-dir", &self.state), ("--socket", &self.socket)] {
+        for (flag, value) in [
+            ("--source", source.as_ref()),
+            ("--state-dir", self.state.as_os_str()),
+            ("--socket", self.socket.as_os_str()),
+        ] {
             args.push(flag.into());
-            args.push(path.into());
+            args.push(value.into());
         }
         args.extend(extra.iter().map(Into::into));
         args
@@ -341,5 +356,47 @@ impl ServeDirs {
 
     pub fn addr(&self) -> String {
         format!("unix:{}", self.socket.display())
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+pub struct Certificates {
+    dir: tempfile::TempDir,
+}
+
+impl Certificates {
+    pub fn generate() -> Certificates {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().expect("key");
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).expect("write pem");
+        write("ca.pem", ca.pem());
+        for (name, usage) in
+            [("server", ExtendedKeyUsagePurpose::ServerAuth), ("client", ExtendedKeyUsagePurpose::ClientAuth)]
+        {
+            let mut params =
+                CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &issuer).expect("sign");
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}-key.pem"), key.serialize_pem());
+        }
+        Certificates { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        let read = |name: &str| std::fs::read(self.dir.path().join(name)).expect("read pem");
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+            .identity(tonic::transport::Identity::from_pem(read("client.pem"), read("client-key.pem")))
     }
 }
