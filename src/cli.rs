@@ -91,6 +91,9 @@ pub enum Bench {
     /// Load a running sidecar (at --addr) with Get, BatchGet or Watch, and print
     /// throughput and latency percentiles.
     Load(crate::bench::LoadBench),
+    /// Watch fan-out of one etcd key to many streams: from etcd alone, then through a
+    /// relay following it; put-to-receipt percentiles and memory per stream.
+    Fanout(crate::bench::FanoutBench),
 }
 
 /// Labels a client command sends as its context.

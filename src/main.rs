@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             Command::Graph { dir, labels } => cli::graph(&dir, &labels),
             Command::Bench(cli::Bench::Resolve(bench)) => veltrix_sidecar::bench::resolve(&bench).await,
             Command::Bench(cli::Bench::Load(bench)) => veltrix_sidecar::bench::load(&bench, &cli.client.addr).await,
+            Command::Bench(cli::Bench::Fanout(bench)) => veltrix_sidecar::bench::fanout(&bench).await,
         }
         .map(|()| ExitCode::SUCCESS)
         .or_else(|error| {

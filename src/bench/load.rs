@@ -56,7 +56,7 @@ pub struct LoadBench {
 }
 
 /// Latencies recorded, from 1 µs to 60 s with 3 significant digits.
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+pub(super) fn histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")
 }
 

@@ -1,14 +1,17 @@
-//! The relay's gRPC Watch: one task per stream, following the hub's state.
+//! The relay's gRPC Watch: each stream follows the hub's state, with no task or queue of
+//! its own.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
-use tokio::{sync::mpsc, time::MissedTickBehavior};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::{
+    sync::watch,
+    time::{Interval, MissedTickBehavior},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{
-    ClientGuard, Hub, Position, Reply, ReplyKind,
+    ClientGuard, Hub, HubState, Position, Reply, ReplyKind,
     proto::{
         self, WatchRequest, WatchResponse,
         document::State,
@@ -16,9 +19,6 @@ use super::{
         watch_response::Kind,
     },
 };
-
-/// Replies ready for tonic to send. The hub's history is the backlog, not this channel.
-const STREAM_BUFFER: usize = 4;
 
 pub struct RelayApi {
     hub: Arc<Hub>,
@@ -35,7 +35,7 @@ impl RelayApi {
 
 #[tonic::async_trait]
 impl RelayService for RelayApi {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = Pin<Box<dyn futures_util::Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
@@ -51,66 +51,61 @@ impl RelayService for RelayApi {
         }
         let at = (request.start_revision > 0)
             .then(|| Position { epoch: request.epoch.into(), revision: request.start_revision });
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let stream = Stream {
+        let mut progress = tokio::time::interval(self.progress_interval);
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        progress.reset();
+        let follower = Follower {
+            states: self.hub.subscribe(),
             guard: ClientGuard::new(self.hub.clone()),
-            hub: self.hub.clone(),
             prefix: request.prefix,
             at,
-            sender,
+            progress,
+            drain: self.drain.clone(),
         };
-        tokio::spawn(stream.run(self.progress_interval, self.drain.clone()));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        let stream = futures_util::stream::unfold(follower, |mut follower| async move {
+            let reply = follower.next().await?;
+            Some((Ok(reply), follower))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
-struct Stream {
+/// One stream's state, polled by tonic only when the client can take another message:
+/// a client that reads slowly is simply asked for less often, and when it is, gets what
+/// changed since it last read (or a RESYNC), computed from the hub's current state.
+struct Follower {
+    states: watch::Receiver<Arc<HubState>>,
     guard: ClientGuard,
-    hub: Arc<Hub>,
     prefix: String,
     at: Option<Position>,
-    sender: mpsc::Sender<Result<WatchResponse, Status>>,
+    progress: Interval,
+    drain: CancellationToken,
 }
 
-impl Stream {
-    async fn run(mut self, progress_interval: Duration, drain: CancellationToken) {
-        let mut states = self.hub.subscribe();
-        let mut progress = tokio::time::interval(progress_interval);
-        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        progress.reset();
+impl Follower {
+    /// The next message, or `None` when the stream ends.
+    async fn next(&mut self) -> Option<WatchResponse> {
         loop {
-            let state = states.borrow_and_update().clone();
+            let state = self.states.borrow_and_update().clone();
             if state.ready {
                 let reply = state.reply(&self.prefix, self.at.as_ref());
-                drop(state);
-                if reply.kind == ReplyKind::NoChange {
-                    self.at = Some(reply.position());
-                } else {
+                self.at = Some(reply.position());
+                if reply.kind != ReplyKind::NoChange {
                     self.guard.0.count(&reply);
-                    self.at = Some(reply.position());
-                    // Waiting here is this stream's own business: the hub moves on, and
-                    // the next turn of the loop sends what was missed, or a RESYNC.
-                    if self.sender.send(Ok(to_proto(reply))).await.is_err() {
-                        return;
-                    }
-                    progress.reset();
+                    return Some(to_proto(reply));
                 }
             }
             tokio::select! {
-                _ = drain.cancelled() => return,
-                _ = self.sender.closed() => return,
-                changed = states.changed() => if changed.is_err() { return },
-                _ = progress.tick() => {
+                _ = self.drain.cancelled() => return None,
+                changed = self.states.changed() => changed.ok()?,
+                _ = self.progress.tick() => {
                     let Some(at) = &self.at else { continue };
-                    let heartbeat = WatchResponse {
+                    return Some(WatchResponse {
                         kind: Kind::Progress.into(),
                         epoch: at.epoch.to_string(),
                         revision: at.revision,
                         documents: Vec::new(),
-                    };
-                    if self.sender.send(Ok(heartbeat)).await.is_err() {
-                        return;
-                    }
+                    });
                 }
             }
         }
