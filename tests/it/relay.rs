@@ -297,3 +297,72 @@ async fn the_long_poll_protocol_over_plain_http() {
     assert_eq!(resync["kind"], "resync");
     assert_eq!(resync["documents"], json!([{"name": "ops/alerts.yaml", "content": "page: false\n"}]));
 }
+
+#[tokio::test]
+async fn a_sidecar_that_stops_reading_holds_up_nobody_and_catches_up_with_one_resync() {
+    use veltrix_sidecar::relay::proto::{
+        WatchRequest, document::State, relay_service_client::RelayServiceClient, watch_response::Kind,
+    };
+    let config = tempfile::tempdir().expect("temp dir");
+    // Large enough that a few unread messages fill the stream's flow-control window.
+    let document = |seq: usize| json!({ "seq": seq, "padding": "x".repeat(60_000) }).to_string();
+    write(config.path(), "big.json", &document(0));
+    let relay = Relay::start(&config.path().display().to_string(), &["--history", "2", "--debounce", "10ms"]);
+    let watch = |addr: String| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            // HTTP/2's smallest windows: a stream that is not read fills them at once.
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .expect("connect to the relay");
+        let mut client = RelayServiceClient::new(channel).max_decoding_message_size(1 << 20);
+        let request = WatchRequest { prefix: String::new(), start_revision: 0, epoch: String::new() };
+        client.watch(request).await.expect("watch").into_inner()
+    };
+    let seq_of = |reply: &veltrix_sidecar::relay::proto::WatchResponse| {
+        reply.documents.iter().find_map(|document| match &document.state {
+            Some(State::Content(content)) => serde_json::from_slice::<Value>(content).ok()?["seq"].as_u64(),
+            _ => None,
+        })
+    };
+
+    let mut slow = watch(relay.addr()).await;
+    let first = within("the slow stream's snapshot", slow.message()).await.expect("ok").expect("a message");
+    assert_eq!((first.kind(), seq_of(&first)), (Kind::Snapshot, Some(0)));
+    let mut fast = watch(relay.addr()).await;
+    within("the fast stream's snapshot", fast.message()).await.expect("ok").expect("a message");
+
+    // The slow stream reads nothing more; the fast one sees every change as it comes.
+    for seq in 1..=12 {
+        write(config.path(), "big.json", &document(seq));
+        let seen = within("the fast stream to see the change", async {
+            loop {
+                let reply = fast.message().await.expect("ok").expect("a message");
+                if let Some(seen) = seq_of(&reply) {
+                    return seen;
+                }
+            }
+        })
+        .await;
+        assert_eq!(seen, seq as u64);
+    }
+
+    // What the slow stream still has queued is bounded by flow control, not by the
+    // changes it missed; then one RESYNC brings it to the latest state.
+    let mut kinds = Vec::new();
+    within("the slow stream to catch up", async {
+        loop {
+            let reply = slow.message().await.expect("ok").expect("a message");
+            kinds.push(reply.kind());
+            if seq_of(&reply) == Some(12) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(kinds.len() < 12, "the slow stream was sent every change: {kinds:?}");
+    assert!(kinds.contains(&Kind::Resync), "{kinds:?}");
+    assert!(relay.metric("veltrix_relay_resyncs_total").await >= 1.0);
+}
