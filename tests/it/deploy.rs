@@ -137,3 +137,59 @@ fn the_game_server_pod_starts_the_sidecar_first_and_shares_its_socket() {
         }
     }
 }
+
+#[test]
+fn the_relay_deployment_serves_tls_with_a_token_and_the_pod_follows_it() {
+    use serde::Deserialize;
+    let text = read("deploy/kubernetes/relay.yaml");
+    let documents: Vec<Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).expect("relay YAML"))
+        .collect();
+    let of_kind = |kind: &str| documents.iter().find(|document| document["kind"] == kind).expect(kind).clone();
+    let (deployment, service) = (of_kind("Deployment"), of_kind("Service"));
+    let relay = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let env = |container: &Value, name: &str| -> Option<String> {
+        container["env"].as_array()?.iter().find(|var| var["name"] == name)?["value"].as_str().map(str::to_owned)
+    };
+    assert_eq!(env(relay, "VELTRIX_ROLE").as_deref(), Some("relay"));
+    assert!(env(relay, "VELTRIX_SOURCE").is_some_and(|source| source.starts_with("etcd://")));
+    assert_eq!(relay["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+    // Listening off loopback: the TLS files and the token come from mounted Secrets.
+    let listen = env(relay, "VELTRIX_LISTEN").expect("a listen address");
+    assert!(listen.starts_with("0.0.0.0:"));
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"].as_array().expect("volumes").clone();
+    let secret_behind = |path: &str| -> Option<String> {
+        let mount = relay["volumeMounts"]
+            .as_array()?
+            .iter()
+            .find(|mount| mount["mountPath"].as_str().is_some_and(|dir| path.starts_with(&format!("{dir}/"))))?;
+        let volume = volumes.iter().find(|volume| volume["name"] == mount["name"])?;
+        volume["secret"]["secretName"].as_str().map(str::to_owned)
+    };
+    for var in ["VELTRIX_TLS_CERT", "VELTRIX_TLS_KEY", "VELTRIX_TOKEN_FILE"] {
+        let path = env(relay, var).unwrap_or_else(|| panic!("{var} is set"));
+        assert!(secret_behind(&path).is_some(), "{var}={path} is not in a mounted Secret");
+    }
+
+    // The Service reaches the relay port, and the game-server pod follows that Service.
+    let port = listen.rsplit_once(':').map(|(_, port)| port.to_owned()).expect("a port");
+    let relay_port =
+        relay["ports"].as_array().expect("ports").iter().find(|p| p["name"] == "relay").expect("relay port");
+    assert_eq!(relay_port["containerPort"].to_string(), port);
+    let service_port = &service["spec"]["ports"][0];
+    assert_eq!(service_port["targetPort"], "relay");
+    let pod: Value = serde_norway::from_str(&read("deploy/kubernetes/game-server-pod.yaml")).expect("pod YAML");
+    let sidecar = &pod["spec"]["initContainers"][0];
+    let service_name = service["metadata"]["name"].as_str().expect("a name");
+    assert_eq!(env(sidecar, "VELTRIX_SOURCE"), Some(format!("grpcs://{service_name}:{}", service_port["port"])));
+    assert!(env(sidecar, "VELTRIX_UPSTREAM_CA").is_some() && env(sidecar, "VELTRIX_UPSTREAM_TOKEN_FILE").is_some());
+
+    // Every VELTRIX_ variable is one the binary reads.
+    let help = Command::new(env!("CARGO_BIN_EXE_veltrix-sidecar")).args(["serve", "--help"]).output().expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for var in relay["env"].as_array().expect("env") {
+        let name = var["name"].as_str().expect("a name");
+        assert!(help.contains(&format!("[env: {name}")), "serve does not read {name}");
+    }
+}
