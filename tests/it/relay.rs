@@ -366,3 +366,38 @@ async fn a_sidecar_that_stops_reading_holds_up_nobody_and_catches_up_with_one_re
     assert!(kinds.contains(&Kind::Resync), "{kinds:?}");
     assert!(relay.metric("veltrix_relay_resyncs_total").await >= 1.0);
 }
+
+#[tokio::test]
+async fn a_relay_follows_another_relay_in_its_epoch_and_streams_send_heartbeats() {
+    use veltrix_sidecar::relay::proto::{WatchRequest, relay_service_client::RelayServiceClient, watch_response::Kind};
+    let config = tempfile::tempdir().expect("temp dir");
+    write(config.path(), "tick.json", r#"{"hz": 30}"#);
+    let regional = Relay::start(&config.path().display().to_string(), &["--debounce", "10ms"]);
+    let local = Relay::start(&format!("grpc://{}", regional.addr()), &["--progress-interval", "100ms"]);
+    let sidecar = Sidecar::start_with(&[], relayed(format!("http://{}", local.addr()), &[])).await;
+    let mut client = sidecar.client().await;
+    assert_eq!(get_json(&mut client, "tick").await.expect("served").0, json!({"hz": 30}));
+
+    write(config.path(), "tick.json", r#"{"hz": 60}"#);
+    wait_for_value(&mut client, "tick", json!({"hz": 60})).await;
+    // The second relay passes on the first one's epoch and revisions, so a sidecar may
+    // resume on either.
+    let (_, upstream) = long_poll(&regional.addr(), "", None).await;
+    let (_, downstream) = long_poll(&local.addr(), "", None).await;
+    assert_eq!((&upstream["epoch"], &upstream["revision"]), (&downstream["epoch"], &downstream["revision"]));
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", local.addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to the relay");
+    let revision = downstream["revision"].as_i64().expect("a revision");
+    let request = WatchRequest {
+        prefix: String::new(),
+        start_revision: revision,
+        epoch: downstream["epoch"].as_str().expect("an epoch").to_owned(),
+    };
+    let mut stream = RelayServiceClient::new(channel).watch(request).await.expect("watch").into_inner();
+    let heartbeat = within("a heartbeat", stream.message()).await.expect("ok").expect("a message");
+    assert_eq!((heartbeat.kind(), heartbeat.revision), (Kind::Progress, revision));
+}
