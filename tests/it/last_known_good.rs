@@ -70,14 +70,15 @@ async fn a_restarted_sidecar_serves_the_last_known_good_state_until_the_upstream
     let back = within("the upstream to return", async {
         loop {
             let status = status(&mut client).await;
-            if status.upstream_healthy && !status.serving_from_last_known_good {
+            // Health is recorded just before the change-set is published: wait for both.
+            if status.upstream_healthy && !status.serving_from_last_known_good && status.revision > revision {
                 return status;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert!(back.revision > revision);
+    assert_eq!(back.epoch, before.epoch);
     assert_eq!(get_json(&mut client, "loot").await.expect("served").0, json!({"dmg": 50}));
     assert_eq!(get_json(&mut client, "mm").await.expect_err("deleted upstream").code(), Code::NotFound);
     second.stop().await;
