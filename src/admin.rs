@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
     app::Shared,
@@ -35,17 +35,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Shared>, drain: Cancellatio
         info!(%addr, "serving the admin endpoints");
     }
     let mut connections = JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = drain.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    warn!(%error, "admin server cannot accept a connection");
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = crate::app::accept(&listener, &drain).await {
         let admin = admin.clone();
         let service = service_fn(move |request| {
             let admin = admin.clone();

@@ -143,6 +143,26 @@ impl Listeners {
     }
 }
 
+/// The next connection, or `None` once `drain` fires. A failed accept (out of file
+/// descriptors, say) is logged and waited out rather than ending the server.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    drain: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = drain.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(error) => {
+                    warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Binds a unix socket with mode 0660, replacing a stale socket file left by a process
 /// that died, but never one that a live process still answers on.
 async fn bind_unix(path: &Path) -> Result<UnixListener, AppError> {

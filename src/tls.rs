@@ -70,17 +70,7 @@ pub fn incoming(
     let (sender, receiver) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = drain.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        debug!(%error, "cannot accept a connection");
-                        continue;
-                    }
-                },
-            };
+        while let Some((stream, peer)) = crate::app::accept(&listener, &drain).await {
             let _ = stream.set_nodelay(true);
             let (acceptor, sender) = (acceptor.clone(), sender.clone());
             tokio::spawn(async move {
