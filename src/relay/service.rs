@@ -7,7 +7,7 @@ use tokio::{
     sync::watch,
     time::{Interval, MissedTickBehavior},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -60,7 +60,7 @@ impl RelayService for RelayApi {
             prefix: request.prefix,
             at,
             progress,
-            drain: self.drain.clone(),
+            drain: Box::pin(self.drain.clone().cancelled_owned()),
         };
         let stream = futures_util::stream::unfold(follower, |mut follower| async move {
             let reply = follower.next().await?;
@@ -79,7 +79,8 @@ struct Follower {
     prefix: String,
     at: Option<Position>,
     progress: Interval,
-    drain: CancellationToken,
+    /// Made once: a stream is polled once per message, and this is on every poll.
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Follower {
@@ -96,7 +97,7 @@ impl Follower {
                 }
             }
             tokio::select! {
-                _ = self.drain.cancelled() => return None,
+                _ = &mut self.drain => return None,
                 changed = self.states.changed() => changed.ok()?,
                 _ = self.progress.tick() => {
                     let Some(at) = &self.at else { continue };
