@@ -71,7 +71,7 @@ pub enum Command {
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
     },
-    /// Measure: `bench resolve` prints resolution and Get latency figures.
+    /// Measure: resolution and Get latency, load on a running sidecar, start-up and memory.
     #[command(subcommand)]
     Bench(Bench),
     /// Print a config directory's dependency graph as Graphviz DOT; rejected modules in red.
@@ -91,6 +91,9 @@ pub enum Bench {
     /// Load a running sidecar (at --addr) with Get, BatchGet or Watch, and print
     /// throughput and latency percentiles.
     Load(crate::bench::LoadBench),
+    /// Start sidecar processes on a generated configuration, from the upstream and from
+    /// the last-known-good state, and print the time to the first Get and idle memory.
+    Startup(crate::bench::StartupBench),
 }
 
 /// Labels a client command sends as its context.

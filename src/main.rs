@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             Command::Graph { dir, labels } => cli::graph(&dir, &labels),
             Command::Bench(cli::Bench::Resolve(bench)) => veltrix_sidecar::bench::resolve(&bench).await,
             Command::Bench(cli::Bench::Load(bench)) => veltrix_sidecar::bench::load(&bench, &cli.client.addr).await,
+            Command::Bench(cli::Bench::Startup(bench)) => veltrix_sidecar::bench::startup(&bench).await,
         }
         .map(|()| ExitCode::SUCCESS)
         .or_else(|error| {
