@@ -208,6 +208,11 @@ pub struct ServeArgs {
     /// How long shutdown waits for open requests and streams. [default: 5s]
     #[arg(long, env = "VELTRIX_DRAIN_GRACE")]
     pub drain_grace: Option<String>,
+    /// Threads serving the local API: 1 is a single-threaded runtime, the least work per
+    /// request; more spread connections over cores. Resolution runs on a thread of its
+    /// own either way. Not read from --config: the runtime exists before the file is read.
+    #[arg(long, env = "VELTRIX_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
 }
 
 impl ServeArgs {
