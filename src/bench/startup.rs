@@ -128,7 +128,11 @@ pub async fn startup(bench: &StartupBench) -> anyhow::Result<()> {
             .map(|(name, case)| {
                 json!({
                     "case": name,
-                    "first_get_ms": {"median": ms(case.median()), "max": ms(case.max())},
+                    "first_get_ms": {
+                        "median": ms(case.median()),
+                        "max": ms(case.max()),
+                        "each": case.first_get.iter().map(|elapsed| ms(*elapsed)).collect::<Vec<_>>(),
+                    },
                     "memory_kib": case.memory.as_ref().map(Memory::to_json),
                 })
             })
