@@ -1,7 +1,8 @@
 //! `bench startup`: how soon a sidecar process answers its first Get, and how much memory
 //! it holds once idle, measured on the real binary started as a child process.
 //!
-//! Three cases, each started `--runs` times with the configuration of `bench resolve`:
+//! Three cases, with the configuration of `bench resolve`; each is started once to warm
+//! up, `--runs` times on the clock, then once more to read its memory after `--settle`:
 //! 1. from the upstream (a directory), with nothing saved: parse and resolve everything;
 //! 2. from the last-known-good state, with the upstream directory gone;
 //! 3. from the last-known-good state, with the upstream an etcd endpoint that accepts
@@ -34,7 +35,7 @@ pub struct StartupBench {
     /// Modules in the generated configuration (the generator of `bench resolve`).
     #[arg(long, default_value_t = 1000)]
     pub modules: usize,
-    /// Starts measured in each case.
+    /// Starts timed in each case.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
     /// How long a sidecar idles after its first Get before its memory is read.
@@ -72,25 +73,24 @@ pub async fn startup(bench: &StartupBench) -> anyhow::Result<()> {
     }
     // The last module sits deepest in the dependency graph.
     let probe = format!("k{}", bench.modules - 1);
-    let config_arg = config.display().to_string();
+    let config_arg = arg(&config);
+
+    let starts = Starts { binary: &binary, work: &work, probe: &probe, runs: bench.runs, settle };
 
     // 1. Fresh state directories, so that nothing is restored and the upstream is read.
-    let mut upstream = Case::default();
-    for run in 0..bench.runs {
-        let state = work.path.join(format!("state-{run}"));
-        let args = ["--source", &config_arg, "--state-dir", &state.display().to_string()];
-        upstream.measure(&binary, &work, "upstream", run, &args, &probe, settle).await?;
-    }
-    let saved = work.path.join(format!("state-{}", bench.runs - 1));
-    let saved_arg = saved.display().to_string();
+    let state_dir = |start: usize| work.path.join(format!("state-{start}"));
+    let upstream = starts
+        .case("upstream", |start| {
+            vec!["--source".into(), config_arg.clone(), "--state-dir".into(), arg(&state_dir(start))]
+        })
+        .await?;
+    let saved = state_dir(0);
 
     // 2. The same source, whose directory is gone: an upstream outage at start.
     fs::rename(&config, work.path.join("config-gone")).context("moving the config directory away")?;
-    let mut unavailable = Case::default();
-    for run in 0..bench.runs {
-        let args = ["--source", &config_arg, "--state-dir", &saved_arg];
-        unavailable.measure(&binary, &work, "unavailable", run, &args, &probe, settle).await?;
-    }
+    let unavailable = starts
+        .case("unavailable", |_| vec!["--source".into(), config_arg.clone(), "--state-dir".into(), arg(&saved)])
+        .await?;
 
     // 3. An etcd member that completes TCP handshakes (the kernel does, into the backlog)
     // and never says a word. The state saved by case 1 is re-addressed to it, since a
@@ -103,12 +103,9 @@ pub async fn startup(bench: &StartupBench) -> anyhow::Result<()> {
     let etcd_state = work.path.join("state-etcd");
     state.source = canonical_source(&etcd, &etcd_state)?;
     StateFile::in_dir(&etcd_state).save(&state)?;
-    let etcd_state_arg = etcd_state.display().to_string();
-    let mut silent_upstream = Case::default();
-    for run in 0..bench.runs {
-        let args = ["--source", &etcd, "--state-dir", &etcd_state_arg];
-        silent_upstream.measure(&binary, &work, "silent", run, &args, &probe, settle).await?;
-    }
+    let silent_upstream = starts
+        .case("silent", |_| vec!["--source".into(), etcd.clone(), "--state-dir".into(), arg(&etcd_state)])
+        .await?;
     for case in [&unavailable, &silent_upstream] {
         anyhow::ensure!(
             case.revisions.iter().all(|revision| upstream.revisions.contains(revision)),
@@ -153,7 +150,7 @@ pub async fn startup(bench: &StartupBench) -> anyhow::Result<()> {
     for (name, case) in &cases {
         println!("  {name:<50} {:>10.1} {:>10.1}", ms(case.median()), ms(case.max()));
     }
-    println!("memory {} s after the first Get (first start of each case), KiB:", settle.as_secs_f64());
+    println!("memory {} s after the first Get, KiB:", settle.as_secs_f64());
     println!("  {:<50} {:>10} {:>10} {:>10} {:>8}", "case", "VmRSS", "anonymous", "file", "threads");
     for (name, case) in &cases {
         match &case.memory {
@@ -183,38 +180,49 @@ fn canonical_source(source: &str, state_dir: &Path) -> anyhow::Result<String> {
     Ok(raw.validate().context("settings of the benchmark")?.source.to_string())
 }
 
+fn arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// How every case is started.
+struct Starts<'a> {
+    binary: &'a Path,
+    work: &'a WorkDir,
+    probe: &'a str,
+    runs: usize,
+    settle: Duration,
+}
+
+impl Starts<'_> {
+    /// One start to warm up, `runs` timed starts, then one start whose memory is read after
+    /// `settle`. Idling before a start makes it slower on this kind of machine (a sleeping
+    /// core wakes up slowly), so no timed start follows the idle wait.
+    async fn case(&self, name: &str, args: impl Fn(usize) -> Vec<String>) -> anyhow::Result<Case> {
+        let mut case = Case::default();
+        for start in 0..self.runs + 2 {
+            let mut sidecar = Sidecar::start(self.binary, self.work, &format!("{name}-{start}"), &args(start))?;
+            let (elapsed, revision) = sidecar.first_get(self.probe).await?;
+            case.revisions.push(revision);
+            if start == self.runs + 1 {
+                tokio::time::sleep(self.settle).await;
+                case.memory = Memory::of(sidecar.child.id());
+            } else if start > 0 {
+                case.first_get.push(elapsed);
+            }
+        }
+        Ok(case)
+    }
+}
+
 /// The starts of one case.
 #[derive(Default)]
 struct Case {
     first_get: Vec<Duration>,
     revisions: Vec<u64>,
-    /// Read once, on the first start.
     memory: Option<Memory>,
 }
 
 impl Case {
-    #[allow(clippy::too_many_arguments)]
-    async fn measure(
-        &mut self,
-        binary: &Path,
-        work: &WorkDir,
-        name: &str,
-        run: usize,
-        args: &[&str],
-        probe: &str,
-        settle: Duration,
-    ) -> anyhow::Result<()> {
-        let mut sidecar = Sidecar::start(binary, work, &format!("{name}-{run}"), args)?;
-        let (elapsed, revision) = sidecar.first_get(probe).await?;
-        self.first_get.push(elapsed);
-        self.revisions.push(revision);
-        if run == 0 {
-            tokio::time::sleep(settle).await;
-            self.memory = Memory::of(sidecar.child.id());
-        }
-        Ok(())
-    }
-
     fn median(&self) -> Duration {
         let mut sorted = self.first_get.clone();
         sorted.sort();
@@ -235,7 +243,7 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    fn start(binary: &Path, work: &WorkDir, name: &str, args: &[&str]) -> anyhow::Result<Sidecar> {
+    fn start(binary: &Path, work: &WorkDir, name: &str, args: &[String]) -> anyhow::Result<Sidecar> {
         let socket = work.path.join(format!("{name}.sock"));
         let log = work.path.join(format!("{name}.log"));
         let stderr = fs::File::create(&log).context("creating the sidecar's log")?;
