@@ -71,7 +71,7 @@ pub enum Command {
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
     },
-    /// Measure: `bench resolve` prints resolution and Get latency figures.
+    /// Measure: resolution and Get latency, load on a running sidecar, start-up and memory.
     #[command(subcommand)]
     Bench(Bench),
     /// Print a config directory's dependency graph as Graphviz DOT; rejected modules in red.
@@ -94,6 +94,9 @@ pub enum Bench {
     /// Watch fan-out of one etcd key to many streams: from etcd alone, then through a
     /// relay following it; put-to-receipt percentiles and memory per stream.
     Fanout(crate::bench::FanoutBench),
+    /// Start sidecar processes on a generated configuration, from the upstream and from
+    /// the last-known-good state, and print the time to the first Get and idle memory.
+    Startup(crate::bench::StartupBench),
 }
 
 /// Labels a client command sends as its context.
@@ -233,6 +236,11 @@ pub struct ServeArgs {
     /// File holding the bearer token sent to relays.
     #[arg(long, env = "VELTRIX_UPSTREAM_TOKEN_FILE")]
     pub upstream_token_file: Option<PathBuf>,
+    /// Threads serving the local API: 1 is a single-threaded runtime, the least work per
+    /// request; more spread connections over cores. Resolution runs on a thread of its
+    /// own either way. Not read from --config: the runtime exists before the file is read.
+    #[arg(long, env = "VELTRIX_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
 }
 
 impl ServeArgs {

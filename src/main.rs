@@ -1,9 +1,13 @@
-//! parse args → telemetry → settings (exit 64 when bad) → bind → serve until a signal.
+//! parse args → runtime → telemetry → settings (exit 64 when bad) → bind → serve until a
+//! signal.
 
-use std::process::ExitCode;
+use std::{io, process::ExitCode};
 
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    runtime::{Builder, Runtime},
+    signal::unix::{SignalKind, signal},
+};
 use veltrix_sidecar::{
     app::{self, Listeners},
     cli::{self, Cli, Command, ServeArgs},
@@ -27,7 +31,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match &cli.command {
+        Command::Serve(args) => serve_runtime(args.worker_threads),
+        _ => Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -56,6 +64,7 @@ fn main() -> ExitCode {
             Command::Bench(cli::Bench::Resolve(bench)) => veltrix_sidecar::bench::resolve(&bench).await,
             Command::Bench(cli::Bench::Load(bench)) => veltrix_sidecar::bench::load(&bench, &cli.client.addr).await,
             Command::Bench(cli::Bench::Fanout(bench)) => veltrix_sidecar::bench::fanout(&bench).await,
+            Command::Bench(cli::Bench::Startup(bench)) => veltrix_sidecar::bench::startup(&bench).await,
         }
         .map(|()| ExitCode::SUCCESS)
         .or_else(|error| {
@@ -84,6 +93,21 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let listeners = Listeners::bind(&settings).await?;
     app::run(settings, listeners, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A single-threaded runtime unless more threads are asked for. On one core, tokio's
+/// multi-thread scheduler runs the task that the running task just woke next: when a Get
+/// completes, its connection is polled at once and writes that one response, where the
+/// single-threaded scheduler finishes every ready request before the connection writes
+/// them out together. Serving the same Gets took 5 times the `writev` calls and 60% more
+/// CPU per request (BENCHMARKS.md), and a sidecar usually gets a fraction of one core.
+/// Resolution runs on a blocking thread either way.
+fn serve_runtime(worker_threads: u16) -> io::Result<Runtime> {
+    if worker_threads == 1 {
+        Builder::new_current_thread().enable_all().build()
+    } else {
+        Builder::new_multi_thread().worker_threads(usize::from(worker_threads)).enable_all().build()
+    }
 }
 
 /// SIGTERM (Kubernetes, systemd) or SIGINT (a terminal).

@@ -91,6 +91,34 @@ enum PathKind {
 }
 
 fn validate_path_like(text: &str, kind: PathKind) -> Result<(), KeyError> {
+    // Every Get checks its key, and nearly every key is valid: one pass over the bytes
+    // settles those, and only a key that fails it is checked again to say why.
+    if is_plain_path(text) { Ok(()) } else { path_error(text, kind) }
+}
+
+/// Whether `text` is 1 to `MAX_KEY_LEN` bytes of `[A-Za-z0-9_.-]` segments separated by
+/// single '/', none of them `.` or `..`: exactly what [`path_error`] accepts.
+fn is_plain_path(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_KEY_LEN {
+        return false;
+    }
+    let mut segment_start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        if byte == b'/' {
+            if matches!(&bytes[segment_start..i], b"" | b"." | b"..") {
+                return false;
+            }
+            segment_start = i + 1;
+        } else if !(byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-')) {
+            return false;
+        }
+    }
+    !matches!(&bytes[segment_start..], b"" | b"." | b"..")
+}
+
+/// What is wrong with a key or prefix, in the order a reader would want to hear it.
+fn path_error(text: &str, kind: PathKind) -> Result<(), KeyError> {
     if text.is_empty() {
         return Err(KeyError::Empty);
     }

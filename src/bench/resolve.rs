@@ -52,7 +52,7 @@ pub struct ResolveBench {
 }
 
 /// A small deterministic generator, so that every run measures the same configuration.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -67,11 +67,10 @@ impl Rng {
     }
 }
 
-/// Module `k{i}` sits at level `i * depth / n`; it depends on 1..=2*deps-1 modules of
-/// lower levels, by reference mostly and by `$extends` one time in five.
-fn generate(bench: &ResolveBench, rng: &mut Rng, variant: u64) -> Vec<(String, Value)> {
-    let n = bench.modules;
-    let depth = bench.depth.max(1);
+/// Module `k{i}` of `n` sits at level `i * depth / n`; it depends on 1..=2*deps-1 modules
+/// of lower levels, by reference mostly and by `$extends` one time in five.
+pub(super) fn generate(n: usize, deps: usize, depth: usize, rng: &mut Rng, variant: u64) -> Vec<(String, Value)> {
+    let depth = depth.max(1);
     let level_start = |level: usize| level * n / depth;
     (0..n)
         .map(|i| {
@@ -83,7 +82,7 @@ fn generate(bench: &ResolveBench, rng: &mut Rng, variant: u64) -> Vec<(String, V
             });
             if level > 0 {
                 let object = value.as_object_mut().expect("an object");
-                let k = 1 + rng.below(2 * bench.deps.max(1) - 1);
+                let k = 1 + rng.below(2 * deps.max(1) - 1);
                 let mut extends = Vec::new();
                 for r in 0..k {
                     let dep = rng.below(level_start(level));
@@ -129,7 +128,7 @@ pub async fn resolve(bench: &ResolveBench) -> anyhow::Result<()> {
         "--modules must be at least --depth, which must be > 0"
     );
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
-    let modules = generate(bench, &mut rng, 0);
+    let modules = generate(bench.modules, bench.deps, bench.depth, &mut rng, 0);
     let documents: Vec<(ModuleName, Option<Arc<Value>>)> =
         modules.iter().map(|(key, value)| (name(key), Some(Arc::new(value.clone())))).collect();
     println!(

@@ -1,3 +1,5 @@
+use proptest::prelude::*;
+
 use super::*;
 
 #[test]
@@ -35,4 +37,12 @@ fn prefixes() {
     assert_eq!(validate_prefix("a//"), Err(KeyError::EmptySegment));
     assert_eq!(validate_prefix("../"), Err(KeyError::DotSegment("..")));
     assert_eq!(validate_prefix("a*"), Err(KeyError::BadCharacter('*')));
+}
+
+proptest! {
+    /// The one-pass check that valid keys take agrees with the checks that explain errors.
+    #[test]
+    fn plain_path_check_agrees_with_the_errors(text in "[a./_é-]{0,12}") {
+        prop_assert_eq!(is_plain_path(&text), path_error(&text, PathKind::Key).is_ok());
+    }
 }

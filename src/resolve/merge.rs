@@ -15,11 +15,15 @@ pub fn deep_merge(bottom: &mut Value, top: &Value) {
 
 fn merge_maps(bottom: &mut Map<String, Value>, top: &Map<String, Value>) {
     for (name, value) in top {
-        match bottom.get_mut(name) {
-            Some(existing) => deep_merge(existing, value),
-            None => {
-                bottom.insert(name.clone(), value.clone());
-            }
+        merge_field(bottom, name, value);
+    }
+}
+
+fn merge_field(bottom: &mut Map<String, Value>, name: &str, value: &Value) {
+    match bottom.get_mut(name) {
+        Some(existing) => deep_merge(existing, value),
+        None => {
+            bottom.insert(name.to_owned(), value.clone());
         }
     }
 }
@@ -32,10 +36,11 @@ pub struct Layered {
 }
 
 impl Layered {
-    pub fn add(&mut self, layer: &str, top: &Map<String, Value>) {
-        for name in top.keys() {
+    /// Merges the fields of one layer onto what is below it.
+    pub fn add<'a>(&mut self, layer: &str, top: impl Iterator<Item = (&'a String, &'a Value)>) {
+        for (name, value) in top {
             self.suppliers.insert(name.clone(), layer.to_owned());
+            merge_field(&mut self.value, name, value);
         }
-        merge_maps(&mut self.value, top);
     }
 }

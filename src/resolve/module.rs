@@ -5,7 +5,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{
     Labels, ModuleName,
@@ -33,8 +33,8 @@ pub struct ModuleDocs {
 /// everything about it that does not depend on other modules.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// (layer name, document without directives), bottom to top.
-    layers: Vec<(String, Map<String, Value>)>,
+    /// Bottom to top.
+    layers: Vec<Layer>,
     extends: Vec<Key>,
     schema: Option<Key>,
     pub deps: BTreeSet<Key>,
@@ -92,6 +92,30 @@ impl Prepared {
     }
 }
 
+/// One document of a module, shared with the accepted documents rather than copied: the
+/// resolver keeps a `Prepared` for every module, and copies would double the memory the
+/// configuration takes.
+#[derive(Debug, Clone)]
+struct Layer {
+    name: String,
+    /// A map: `prepare_layers` refuses anything else.
+    document: Arc<Value>,
+    /// Whether the document's `$schema` names a schema module, a directive rather than a
+    /// field of the value.
+    schema_directive: bool,
+}
+
+impl Layer {
+    /// The document's fields without its directives.
+    fn fields(&self) -> impl Iterator<Item = (&String, &Value)> {
+        let fields = match &*self.document {
+            Value::Object(fields) => Some(fields.iter()),
+            _ => None,
+        };
+        fields.into_iter().flatten().filter(|(name, _)| *name != EXTENDS && !(self.schema_directive && *name == SCHEMA))
+    }
+}
+
 fn prepare_layers(documents: Vec<(String, &Arc<Value>)>) -> Result<Prepared, Failure> {
     let mut extends = None;
     let mut schema = None;
@@ -100,25 +124,24 @@ fn prepare_layers(documents: Vec<(String, &Arc<Value>)>) -> Result<Prepared, Fai
         let Value::Object(fields) = &**document else {
             return Err(format!("{name}: top level must be a map"));
         };
-        let mut fields = fields.clone();
-        if let Some(value) = fields.remove(EXTENDS) {
-            extends = Some(parse_extends(&value).map_err(|error| format!("{name}: {error}"))?);
+        if let Some(value) = fields.get(EXTENDS) {
+            extends = Some(parse_extends(value).map_err(|error| format!("{name}: {error}"))?);
         }
-        match fields.get(SCHEMA) {
+        let schema_directive = match fields.get(SCHEMA) {
             Some(Value::String(text)) if !text.contains(':') => {
                 schema = Some(Key::new(text).map_err(|error| format!("{name}: {SCHEMA} {text:?}: {error}"))?);
-                fields.remove(SCHEMA);
+                true
             }
-            Some(Value::String(_)) | None => {}
+            Some(Value::String(_)) | None => false,
             Some(_) => return Err(format!("{name}: {SCHEMA} must name a schema module")),
-        }
-        layers.push((name, fields));
+        };
+        layers.push(Layer { name, document: document.clone(), schema_directive });
     }
     let extends = extends.unwrap_or_default();
     let mut deps: BTreeSet<Key> = extends.iter().cloned().collect();
     deps.extend(schema.iter().cloned());
-    for (_, fields) in &layers {
-        for field in fields.values() {
+    for layer in &layers {
+        for (_, field) in layer.fields() {
             referenced_keys(field, &mut deps)?;
         }
     }
@@ -188,13 +211,13 @@ pub fn finish(
         let value = lookup(base).ok_or_else(|| format!("{EXTENDS} {base}: no module {base}"))?;
         let layer = format!("extends {base}");
         if let Value::Object(fields) = &*value {
-            layered.add(&layer, fields);
+            layered.add(&layer, fields.iter());
         }
         explanation.layers.push(layer);
     }
-    for (name, fields) in &prepared.layers {
-        layered.add(name, fields);
-        explanation.layers.push(name.clone());
+    for layer in &prepared.layers {
+        layered.add(&layer.name, layer.fields());
+        explanation.layers.push(layer.name.clone());
     }
     explanation.fields = layered.suppliers;
     let mut value = Value::Object(layered.value);

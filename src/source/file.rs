@@ -19,7 +19,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use notify::{RecursiveMode, Watcher};
+use notify::{
+    RecursiveMode, Watcher,
+    event::{AccessKind, AccessMode, EventKind},
+};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -130,7 +133,11 @@ impl FileSource {
             if let Err(error) = &event {
                 debug!(%error, "file notification error; rescanning");
             }
-            doorbell.notify_one();
+            // notify reports opens, and every walk opens the directories it walks: ringing
+            // for reads made each walk schedule the next, 20 times a second.
+            if !event.as_ref().is_ok_and(|event| is_read(&event.kind)) {
+                doorbell.notify_one();
+            }
         })
         .and_then(|mut watcher| watcher.watch(root, RecursiveMode::Recursive).map(|()| watcher));
         match watched {
@@ -181,6 +188,11 @@ impl FileSource {
 }
 
 type Known = BTreeMap<String, Seen>;
+
+/// Opening or reading a file or a directory, which changes nothing in it.
+fn is_read(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)))
+}
 
 /// Reads every document of a directory at once, as the first walk of a source does.
 pub fn load_directory(root: &Path, max_document_bytes: u64) -> io::Result<Update> {

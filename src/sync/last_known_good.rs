@@ -56,10 +56,13 @@ pub struct SavedState {
     #[serde(default)]
     pub epoch: u64,
     pub revision: Revision,
-    /// Resolved values served at `revision`, by key.
-    pub entries: BTreeMap<String, Value>,
-    /// Accepted documents, by module name (`key` or `key@label=value`).
-    pub documents: BTreeMap<String, Value>,
+    /// Resolved values served at `revision`, by key. Shared with the snapshot rather than
+    /// copied: a state is saved for every change-set, and deep copies would double the
+    /// configuration's memory at each save, much of which the allocator keeps resident
+    /// afterwards (3 MiB of RSS for 1,000 modules).
+    pub entries: BTreeMap<String, Arc<Value>>,
+    /// Accepted documents, by module name (`key` or `key@label=value`), shared likewise.
+    pub documents: BTreeMap<String, Arc<Value>>,
 }
 
 impl SavedState {
@@ -67,25 +70,22 @@ impl SavedState {
         source: &str,
         epoch: u64,
         revision: Revision,
-        entries: impl Iterator<Item = (String, Value)>,
+        entries: impl Iterator<Item = (String, Arc<Value>)>,
         modules: &Modules,
     ) -> SavedState {
-        let documents = modules.documents().map(|(name, document)| (name.to_string(), (*document).clone())).collect();
+        let documents = modules.documents().map(|(name, document)| (name.to_string(), document)).collect();
         SavedState { source: source.to_owned(), epoch, revision, entries: entries.collect(), documents }
     }
 
     /// The entries as store changes, and the documents as resolution inputs. Names that
     /// do not parse (a state written by a newer version) are skipped.
     pub fn restore(&self) -> (BTreeMap<Key, Option<Arc<Value>>>, Modules) {
-        let entries = self
-            .entries
-            .iter()
-            .filter_map(|(key, value)| Some((Key::new(key).ok()?, Some(Arc::new(value.clone())))))
-            .collect();
+        let entries =
+            self.entries.iter().filter_map(|(key, value)| Some((Key::new(key).ok()?, Some(value.clone())))).collect();
         let mut modules = Modules::default();
         for (name, document) in &self.documents {
             if let Ok(name) = parse_module_name(name) {
-                modules.set(&name, Some(Arc::new(document.clone())));
+                modules.set(&name, Some(document.clone()));
             }
         }
         (entries, modules)

@@ -117,7 +117,7 @@ impl Applier {
         // crash, and never issued again with other contents after a restart.
         if let Some(last_known_good) = &self.last_known_good {
             let snapshot = pending.snapshot();
-            let entries = snapshot.entries.iter().map(|(key, entry)| (key.to_string(), (*entry.value).clone()));
+            let entries = snapshot.entries.iter().map(|(key, entry)| (key.to_string(), entry.value.clone()));
             let epoch = self.publisher.store().epoch();
             let state = SavedState::new(&last_known_good.source, epoch, snapshot.revision, entries, &snapshot.modules);
             match last_known_good.file.save(&state) {

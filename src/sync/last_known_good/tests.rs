@@ -6,7 +6,7 @@ fn state() -> SavedState {
     let mut modules = Modules::default();
     modules.set(&parse_module_name("mm").expect("valid"), Some(Arc::new(json!({"wait": 60}))));
     modules.set(&parse_module_name("mm@region=eu").expect("valid"), Some(Arc::new(json!({"wait": 30}))));
-    SavedState::new("file:///cfg", 42, 7, [("mm".to_owned(), json!({"wait": 30}))].into_iter(), &modules)
+    SavedState::new("file:///cfg", 42, 7, [("mm".to_owned(), Arc::new(json!({"wait": 30})))].into_iter(), &modules)
 }
 
 #[test]
