@@ -282,3 +282,31 @@ fn follow_symlink(root: &Path, link: PathBuf) -> Found {
         Err(error) => refused(format!("cannot stat symlink target: {error}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind};
+
+    use super::is_read;
+
+    #[test]
+    fn reading_does_not_ring_the_doorbell_and_every_change_does() {
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(is_read(&read), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::Any)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(!is_read(&change), "{change:?}");
+        }
+    }
+}
