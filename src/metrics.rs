@@ -210,10 +210,7 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
             metrics.unauthenticated.load(Ordering::Relaxed),
         ),
     ];
-    for (name, help, value) in counters {
-        header(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{name} {value}");
-    }
+    write_counters(&mut out, &counters);
 
     let seconds_since_sync = gauges
         .last_sync
@@ -253,12 +250,13 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
             "Values for request labels held in the context cache.",
             gauges.context_cache_entries as f64,
         ),
-        ("veltrix_process_resident_memory_bytes", "Resident set size of this process.", resident_bytes()),
+        (
+            "veltrix_process_resident_memory_bytes",
+            "Resident set size of this process.",
+            resident_bytes("self").map_or(f64::NAN, |bytes| bytes as f64),
+        ),
     ];
-    for (name, help, value) in gauges_list {
-        header(&mut out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {}", format_value(value));
-    }
+    write_gauges(&mut out, &gauges_list);
     if let Some(relay) = &gauges.relay {
         render_relay(&mut out, relay);
     }
@@ -266,20 +264,36 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
 }
 
 fn render_relay(out: &mut String, relay: &RelayGauges) {
-    for (name, help, value) in [
-        ("veltrix_relay_long_polls_total", "HTTP long-polls answered or waiting.", relay.long_polls),
-        ("veltrix_relay_resyncs_total", "Whole states sent to clients that could not resume.", relay.resyncs_sent),
-    ] {
+    write_counters(
+        out,
+        &[
+            ("veltrix_relay_long_polls_total", "HTTP long-polls answered or waiting.", relay.long_polls),
+            ("veltrix_relay_resyncs_total", "Whole states sent to clients that could not resume.", relay.resyncs_sent),
+        ],
+    );
+    write_gauges(
+        out,
+        &[
+            ("veltrix_relay_revision", "Revision of the documents the relay serves.", relay.revision as f64),
+            ("veltrix_relay_documents", "Documents the relay serves.", relay.documents as f64),
+            ("veltrix_relay_clients", "Watch streams and long-polls open on the relay.", relay.clients as f64),
+        ],
+    );
+}
+
+/// Unlabelled counters: (name, help, value).
+fn write_counters(out: &mut String, counters: &[(&str, &str, u64)]) {
+    for (name, help, value) in counters {
         header(out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
-    for (name, help, value) in [
-        ("veltrix_relay_revision", "Revision of the documents the relay serves.", relay.revision as f64),
-        ("veltrix_relay_documents", "Documents the relay serves.", relay.documents as f64),
-        ("veltrix_relay_clients", "Watch streams and long-polls open on the relay.", relay.clients as f64),
-    ] {
+}
+
+/// Unlabelled gauges: (name, help, value).
+fn write_gauges(out: &mut String, gauges: &[(&str, &str, f64)]) {
+    for (name, help, value) in gauges {
         header(out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {}", format_value(value));
+        let _ = writeln!(out, "{name} {}", format_value(*value));
     }
 }
 
@@ -291,13 +305,9 @@ fn format_value(value: f64) -> String {
     if value.is_nan() { "NaN".to_owned() } else { value.to_string() }
 }
 
-/// VmRSS from /proc/self/status; NaN where there is none.
-fn resident_bytes() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(f64::NAN, |kib| kib * 1024.0)
+/// VmRSS of a process (`"self"` or a PID) from /proc, in bytes; `None` where there is none.
+pub fn resident_bytes(process: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
 }

@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     config::duration,
+    metrics::resident_bytes,
     relay::proto::{WatchRequest as RelayWatchRequest, relay_service_client::RelayServiceClient},
     source::etcd::api::etcdserverpb::{
         PutRequest, WatchCreateRequest, WatchRequest as EtcdWatchRequest, kv_client::KvClient,
@@ -144,7 +145,7 @@ async fn run(
         received: AtomicUsize::new(0),
         ready: AtomicUsize::new(0),
     });
-    let rss_before = pid.and_then(resident_bytes);
+    let rss_before = pid.and_then(|pid| resident_bytes(&pid.to_string()));
     let addr = match target {
         Target::Etcd => &bench.etcd,
         Target::Relay => &bench.relay,
@@ -172,7 +173,7 @@ async fn run(
     let open_time = opening.elapsed();
     // Let the server settle before its memory is read.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = pid.and_then(resident_bytes);
+    let rss_after = pid.and_then(|pid| resident_bytes(&pid.to_string()));
 
     for seq in 0..bench.puts {
         let sent = u64::try_from(shared.started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
@@ -258,13 +259,6 @@ async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     true
-}
-
-/// VmRSS of a process, in bytes.
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
 }
 
 fn report(bench: &FanoutBench, etcd: &Outcome, relay: &Outcome) {

@@ -24,11 +24,12 @@ use crate::sync::backoff::Backoff;
 pub type Document = Result<Bytes, String>;
 
 /// An upstream value as a document, refused unread when it is larger than `max_bytes`.
-pub fn sized_document(value: Vec<u8>, max_bytes: u64) -> Document {
+pub fn sized_document(value: impl Into<Bytes>, max_bytes: u64) -> Document {
+    let value = value.into();
     if value.len() as u64 > max_bytes {
         return Err(format!("value is {} bytes, over the limit of {max_bytes}", value.len()));
     }
-    Ok(Bytes::from(value))
+    Ok(value)
 }
 
 /// What a source tells the sync loop.

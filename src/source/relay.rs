@@ -25,7 +25,7 @@ use tonic::{
 };
 use tracing::{debug, info};
 
-use super::{Document, Reporter, Source, SourceError, Update, etcd::TlsFiles};
+use super::{Document, Reporter, Source, SourceError, Update, etcd::TlsFiles, sized_document};
 use crate::{
     config::RelayTransport,
     relay::{
@@ -103,16 +103,8 @@ impl RelaySource {
                 debug!(%name, "the relay sent a document outside the prefix; ignored");
                 continue;
             };
-            let document = document.map(|document| {
-                document.and_then(|content| match content.len() as u64 > self.settings.max_document_bytes {
-                    true => Err(format!(
-                        "value is {} bytes, over the limit of {}",
-                        content.len(),
-                        self.settings.max_document_bytes
-                    )),
-                    false => Ok(content),
-                })
-            });
+            let document = document
+                .map(|document| document.and_then(|content| sized_document(content, self.settings.max_document_bytes)));
             changes.insert(name.to_owned(), document);
         }
         let epoch: Arc<str> = epoch.into();
